@@ -90,7 +90,9 @@ def extensions():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     # No contraction of a*b+c into fused multiply-adds (GCC does it for C++ on targets with FMA):
     # the kernels must round every float operation as TensorFlow's CPU kernels do.
-    cxx_flags = ["-O3", "-ffp-contract=off"]
+    # -Wno-psabi: the CPU kernels pass wide vectors between functions that are always inlined
+    # (csrc/cpu_kernels.h), which GCC would warn about as an ABI change.
+    cxx_flags = ["-O3", "-ffp-contract=off", "-Wno-psabi"]
     link_flags = []
     if sys.platform.startswith("linux"):
         # at::parallel_for is inlined into our kernels and only runs in parallel under OpenMP.

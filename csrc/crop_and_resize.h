@@ -7,8 +7,10 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <c10/macros/Macros.h>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 
@@ -235,6 +237,21 @@ inline KernelBoxes check_backward_args(
   TORCH_CHECK(grad.size(2) > 0 && grad.size(3) > 0, op, ": crop size must be positive, got ",
               grad.size(2), " x ", grad.size(3));
   return kernel_boxes;
+}
+
+// Checks `out`, the tensor crop_and_resize.out writes the crops of `image` into.
+inline void check_out(const at::Tensor& image, int64_t num_boxes, int64_t crop_height,
+                      int64_t crop_width, const at::Tensor& out) {
+  constexpr const char* op = "crop_and_resize";
+  const std::array<int64_t, 4> shape{num_boxes, image.size(1), crop_height, crop_width};
+  TORCH_CHECK(out.sizes() == at::IntArrayRef(shape), op,
+              ": out must be a [K, C, crop_height, crop_width] = ", at::IntArrayRef(shape),
+              " tensor, got shape ", out.sizes());
+  TORCH_CHECK(out.scalar_type() == image.scalar_type() && out.device() == image.device(), op,
+              ": out must have the image's dtype and device (", image.scalar_type(), " on ",
+              image.device(), "), got ", out.scalar_type(), " on ", out.device());
+  at::assert_no_internal_overlap(out);
+  at::assert_no_overlap(out, image);
 }
 
 }  // namespace crop_and_resize

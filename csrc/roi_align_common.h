@@ -3,8 +3,10 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <c10/macros/Macros.h>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 
@@ -223,6 +225,20 @@ inline void check_backward_args(const at::Tensor& grad, const at::Tensor& rois,
               "roi_align_backward: grad must have shape [K, C, pooled_height, pooled_width] = [",
               rois.size(0), ", ", channels, ", ", pooled_height, ", ", pooled_width, "], got ",
               grad.sizes());
+}
+
+// Checks `out`, the tensor roi_align.out writes the pooled bins of `input` into.
+inline void check_out(const at::Tensor& input, int64_t num_rois, int64_t pooled_height,
+                      int64_t pooled_width, const at::Tensor& out) {
+  const std::array<int64_t, 4> shape{num_rois, input.size(1), pooled_height, pooled_width};
+  TORCH_CHECK(out.sizes() == at::IntArrayRef(shape),
+              "roi_align: out must be a [K, C, pooled_height, pooled_width] = ",
+              at::IntArrayRef(shape), " tensor, got shape ", out.sizes());
+  TORCH_CHECK(out.scalar_type() == input.scalar_type() && out.device() == input.device(),
+              "roi_align: out must have the input's dtype and device (", input.scalar_type(),
+              " on ", input.device(), "), got ", out.scalar_type(), " on ", out.device());
+  at::assert_no_internal_overlap(out);
+  at::assert_no_overlap(out, input);
 }
 
 }  // namespace roi_align

@@ -1,11 +1,12 @@
-"""tf.image.crop_and_resize (bilinear) for NCHW tensors, differentiable in the image."""
+"""tf.image.crop_and_resize (bilinear) for [N, C, H, W] tensors, differentiable in the image."""
 import operator
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from mrcnn.ops import _ext  # noqa: F401  (registers torch.ops.mrcnn)
+from mrcnn.ops._layout import memory_format, new_empty
 
 
 def crop_and_resize(
@@ -14,9 +15,11 @@ def crop_and_resize(
     box_ind: Tensor,
     crop_size: Union[int, Sequence[int]],
     extrapolation_value: float = 0.0,
+    *,
+    out: Optional[Tensor] = None,
 ) -> Tensor:
     """Crops boxes out of a batch of images and resizes them bilinearly, exactly as
-    ``tf.image.crop_and_resize(method="bilinear")`` does, in NCHW.
+    ``tf.image.crop_and_resize(method="bilinear")`` does, for [N, C, H, W] tensors.
 
     Box coordinates are normalised: 0 and 1 are the centres of the first and last pixel rows
     (columns), so ``[0, 0, 1, 1]`` with ``crop_size = (H, W)`` returns the image itself. The
@@ -30,6 +33,11 @@ def crop_and_resize(
     Gradients flow to ``image`` only (Matterport stops the gradient of the boxes); an
     extrapolated sample passes none.
 
+    The image may be stored NCHW or channels last (``torch.channels_last``, as convolutions
+    give it on the CPU); the crops (and the image's gradient) come out in the same layout, with
+    the same values. On the CPU channels last is the fast layout: every sample then reads its
+    pixels' channels as contiguous vectors.
+
     Args:
         image: ``[N, C, H, W]`` float32 or float64 (CUDA also float16 and bfloat16, computed in
             float32).
@@ -37,14 +45,27 @@ def crop_and_resize(
         box_ind: ``[K]`` int32 or int64, the image of each box, in ``[0, N)``.
         crop_size: ``(crop_height, crop_width)``, or one int for a square crop; positive.
         extrapolation_value: value of samples outside the image.
+        out: ``[K, C, crop_height, crop_width]`` tensor of the image's dtype and device to write
+            the crops into and return, e.g. the crops of an earlier call: large results then
+            need no fresh memory (written in place when laid out as the crops would be, else
+            copied). Not differentiable: ``image`` must not require a gradient.
 
     Returns:
-        ``[K, C, crop_height, crop_width]``, the dtype of ``image``.
+        ``[K, C, crop_height, crop_width]``, the dtype and layout of ``image``.
     """
     crop_height, crop_width = _pair(crop_size)
-    return torch.ops.mrcnn.crop_and_resize(
-        image, boxes, box_ind, crop_height, crop_width, float(extrapolation_value)
-    )
+    args = (image, boxes, box_ind, crop_height, crop_width, float(extrapolation_value))
+    if out is None:
+        return torch.ops.mrcnn.crop_and_resize(*args)
+    _check_out_without_grad("crop_and_resize", image)
+    return torch.ops.mrcnn.crop_and_resize.out(*args, out=out)
+
+
+def _check_out_without_grad(op: str, input: Tensor) -> None:
+    if torch.is_grad_enabled() and input.requires_grad:
+        raise RuntimeError(
+            f"{op}: out= does not support autograd, and the input requires a gradient; call it "
+            "without out=, or under torch.no_grad()")
 
 
 def _pair(crop_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -69,7 +90,7 @@ def _crop_and_resize_fake(image, boxes, box_ind, crop_height, crop_width, extrap
         crop_height > 0 and crop_width > 0,
         lambda: f"crop size must be positive, got {crop_height} x {crop_width}",
     )
-    return image.new_empty((boxes.size(0), image.size(1), crop_height, crop_width))
+    return new_empty(image, (boxes.size(0), image.size(1), crop_height, crop_width))
 
 
 @torch.library.register_fake("mrcnn::crop_and_resize_backward")
@@ -78,13 +99,16 @@ def _crop_and_resize_backward_fake(grad, boxes, box_ind, batch, channels, height
         grad.dim() == 4,
         lambda: f"grad must be 4-D [K, C, crop_height, crop_width], got {grad.dim()}-D",
     )
-    return grad.new_empty((batch, channels, height, width))
+    return new_empty(grad, (batch, channels, height, width))
 
 
+# The backward's result takes the layout of the gradient it is given, which is handed over in
+# the image's layout so that the image's gradient has it too.
 def _setup_context(ctx, inputs, output):
     image, boxes, box_ind, *_ = inputs
     ctx.save_for_backward(boxes, box_ind)
     ctx.image_shape = tuple(image.shape)
+    ctx.memory_format = memory_format(image)
 
 
 def _backward(ctx, grad):
@@ -92,7 +116,7 @@ def _backward(ctx, grad):
     grad_image = None
     if ctx.needs_input_grad[0]:
         grad_image = torch.ops.mrcnn.crop_and_resize_backward(
-            grad, boxes, box_ind, *ctx.image_shape
+            grad.contiguous(memory_format=ctx.memory_format), boxes, box_ind, *ctx.image_shape
         )
     return grad_image, None, None, None, None, None
 

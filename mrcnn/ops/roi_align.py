@@ -1,10 +1,12 @@
 """RoIAlign with torchvision.ops.roi_align semantics (kernels in csrc/roi_align_*)."""
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from mrcnn.ops import _ext  # noqa: F401  (registers torch.ops.mrcnn.roi_align)
+from mrcnn.ops._layout import memory_format, new_empty
+from mrcnn.ops.crop_and_resize import _check_out_without_grad
 
 
 def roi_align(
@@ -14,11 +16,15 @@ def roi_align(
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = True,
+    *,
+    out: Optional[Tensor] = None,
 ) -> Tensor:
     """Pools each roi of `input` into a fixed grid of bins by averaging bilinear samples.
 
     Computes torchvision.ops.roi_align (Mask R-CNN's RoIAlign), with `aligned` defaulting to True.
-    Differentiable with respect to `input`.
+    Differentiable with respect to `input`. `input` may be stored NCHW or channels last; the
+    result (and the input's gradient) comes out in the same layout, with the same values.
+    Channels last is the fast layout on the CPU.
 
     Args:
         input: Tensor[N, C, H, W] of float32 or float64, or also float16 or bfloat16 on CUDA
@@ -34,9 +40,13 @@ def roi_align(
         aligned: shift boxes by -0.5 pixel so that pixel centres fall on integer + 0.5
             coordinates (Detectron2). When False (the original Mask R-CNN op), rois are at
             least one pixel wide and high.
+        out: Tensor[K, C, output_size[0], output_size[1]] of `input`'s dtype and device to write
+            the result into and return, e.g. the result of an earlier call (written in place
+            when laid out as the result would be, else copied). Not differentiable: `input` must
+            not require a gradient.
 
     Returns:
-        Tensor[K, C, output_size[0], output_size[1]] of `input`'s dtype.
+        Tensor[K, C, output_size[0], output_size[1]] of `input`'s dtype and layout.
 
     Raises:
         RuntimeError: for malformed arguments, including batch indices outside [0, N) (checked
@@ -46,9 +56,11 @@ def roi_align(
     pooled_height, pooled_width = _pair(output_size)
     if not isinstance(rois, Tensor):
         rois = _boxes_to_rois(rois, input)
-    return torch.ops.mrcnn.roi_align(
-        input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned
-    )
+    args = (input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
+    if out is None:
+        return torch.ops.mrcnn.roi_align(*args)
+    _check_out_without_grad("roi_align", input)
+    return torch.ops.mrcnn.roi_align.out(*args, out=out)
 
 
 def _pair(output_size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
@@ -93,7 +105,7 @@ def _roi_align_fake(
         f"got shape {list(input.shape)}",
     )
     _check_fake_args(rois, input, "input", pooled_height, pooled_width)
-    return input.new_empty((rois.size(0), input.size(1), pooled_height, pooled_width))
+    return new_empty(input, (rois.size(0), input.size(1), pooled_height, pooled_width))
 
 
 @torch.library.register_fake("mrcnn::roi_align_backward")
@@ -107,7 +119,7 @@ def _roi_align_backward_fake(
         list(grad.shape) == expected,
         lambda: f"roi_align_backward: grad must have shape {expected}, got {list(grad.shape)}",
     )
-    return grad.new_empty((batch, channels, height, width))
+    return new_empty(grad, (batch, channels, height, width))
 
 
 def _check_fake_args(rois, other, other_name, pooled_height, pooled_width):
@@ -129,12 +141,14 @@ def _check_fake_args(rois, other, other_name, pooled_height, pooled_width):
 
 
 # roi_align is linear in `input`, so its backward is the transposed op and the backward's own
-# backward (for double differentiation) is roi_align again. rois get no gradient.
+# backward (for double differentiation) is roi_align again. rois get no gradient. The backward's
+# result takes the layout of the gradient it is given, handed over in the input's layout.
 
 def _save_roi_align_context(ctx, inputs, output):
     input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = inputs
     ctx.save_for_backward(rois)
     ctx.input_shape = tuple(input.shape)
+    ctx.memory_format = memory_format(input)
     ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
 
 
@@ -142,8 +156,8 @@ def _roi_align_grad(ctx, grad):
     (rois,) = ctx.saved_tensors
     spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = ctx.params
     grad_input = torch.ops.mrcnn.roi_align_backward(
-        grad, rois, spatial_scale, pooled_height, pooled_width, *ctx.input_shape,
-        sampling_ratio, aligned,
+        grad.contiguous(memory_format=ctx.memory_format), rois, spatial_scale, pooled_height,
+        pooled_width, *ctx.input_shape, sampling_ratio, aligned,
     )
     return (grad_input,) + (None,) * 6
 
