@@ -101,6 +101,24 @@ def to_torch(device, *arrays):
     return [torch.from_numpy(array).to(device) for array in arrays]
 
 
+LAYOUTS = ["nchw", "channels_last"]
+
+
+def laid_out(tensor, layout):
+    """`tensor` stored NCHW or channels last (the same values)."""
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    return tensor.contiguous(memory_format=memory_format)
+
+
+def assert_layout(result, source, layout):
+    """Results come out in the layout of the map they were computed from."""
+    if layout == "channels_last" and source.size(1) > 1 and source[0, 0].numel() > 1:
+        assert result.is_contiguous(memory_format=torch.channels_last)
+        assert not result.is_contiguous() or result.size(1) == 1 or result[0, 0].numel() == 1
+    else:
+        assert result.is_contiguous()
+
+
 # ---------------------------------------------------------------------------------------------
 # Hand-computed crops
 # ---------------------------------------------------------------------------------------------
@@ -187,26 +205,34 @@ SHAPES = [
     (2, 3, 1, 1, 3, (3, 2)),  # one-pixel images
     (3, 1, 4, 4, 8, (3, 1)),
     (2, 64, 10, 12, 4, (14, 14)),  # several parallel_for chunks in both directions
+    # Channels last: 300 channels (a vector tail) make 14-pixel tiles, 9 an image, and enough
+    # work for threads; boxes cross the tiles.
+    (2, 300, 40, 36, 30, (7, 7)),
 ]
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_forward_float32_equals_tf_bit_for_bit(device, shape):
+def test_forward_float32_equals_tf_bit_for_bit(device, shape, layout):
     batch, channels, height, width, num_boxes, crop_size = shape
     image, boxes, box_ind = random_case(1, batch, channels, height, width, num_boxes)
     expected = tf_crop_and_resize(image, boxes, box_ind, *crop_size, extrapolation_value=-0.5)
-    crops = crop_and_resize(*to_torch(device, image, boxes, box_ind), crop_size, -0.5)
+    image_t, boxes_t, box_ind_t = to_torch(device, image, boxes, box_ind)
+    crops = crop_and_resize(laid_out(image_t, layout), boxes_t, box_ind_t, crop_size, -0.5)
     assert crops.dtype == torch.float32
+    assert_layout(crops, image_t, layout)
     np.testing.assert_array_equal(crops.cpu().numpy(), expected)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_forward_float64_matches_tf_in_double(device, shape):
+def test_forward_float64_matches_tf_in_double(device, shape, layout):
     batch, channels, height, width, num_boxes, crop_size = shape
     image, boxes, box_ind = random_case(2, batch, channels, height, width, num_boxes, np.float64)
     boxes = boxes.astype(np.float64) + np.random.default_rng(3).uniform(-1e-3, 1e-3, boxes.shape)
     expected = tf_crop_and_resize(image, boxes, box_ind, *crop_size, extrapolation_value=0.25)
-    crops = crop_and_resize(*to_torch(device, image, boxes, box_ind), crop_size, 0.25)
+    image_t, boxes_t, box_ind_t = to_torch(device, image, boxes, box_ind)
+    crops = crop_and_resize(laid_out(image_t, layout), boxes_t, box_ind_t, crop_size, 0.25)
     assert crops.dtype == torch.float64
     np.testing.assert_allclose(crops.cpu().numpy(), expected, rtol=0, atol=1e-12)
 
@@ -218,17 +244,20 @@ def test_float64_image_with_float32_boxes(device):
     np.testing.assert_allclose(crops.cpu().numpy(), expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_backward_matches_tf(device, shape):
+def test_backward_matches_tf(device, shape, layout):
     batch, channels, height, width, num_boxes, crop_size = shape
     image, boxes, box_ind = random_case(5, batch, channels, height, width, num_boxes)
     grad = np.random.default_rng(6).standard_normal(
         (len(boxes), channels, *crop_size)).astype(np.float32)
     expected = tf_crop_and_resize_grad(grad, boxes, box_ind, image.shape)
     image_t, boxes_t, box_ind_t, grad_t = to_torch(device, image, boxes, box_ind, grad)
-    image_t.requires_grad_(True)
+    image_t = laid_out(image_t, layout).requires_grad_(True)
+    # The gradient arrives NCHW whatever the layout: the op hands it over in the image's.
     crop_and_resize(image_t, boxes_t, box_ind_t, crop_size).backward(grad_t)
-    if device.type == "cpu":  # one thread per channel plane: TF's summation order exactly
+    if device.type == "cpu":  # each value summed on one thread: TF's summation order exactly
+        assert_layout(image_t.grad, image_t, layout)
         np.testing.assert_array_equal(image_t.grad.numpy(), expected)
     else:  # atomics sum in any order
         np.testing.assert_allclose(image_t.grad.cpu().numpy(), expected, rtol=1e-5, atol=1e-5)
@@ -317,6 +346,71 @@ def test_int32_box_ind_and_int_crop_size(device):
     image, boxes, box_ind = to_torch(device, *random_case(12, 3, 2, 7, 7, 5))
     expected = crop_and_resize(image, boxes, box_ind, (4, 4))
     assert torch.equal(crop_and_resize(image, boxes, box_ind.int(), 4), expected)
+
+
+def test_large_channels_last_crops_equal_nchw():
+    # Crops of over 16 MB are written past the caches, when aligned: into a fresh tensor, into an
+    # out= tensor one element off alignment, and into an NCHW out= tensor (through a copy).
+    generator = torch.Generator().manual_seed(17)
+    image = torch.randn(2, 256, 40, 48, generator=generator)
+    boxes = torch.rand(70, 4, generator=generator) * 1.2 - 0.1
+    box_ind = torch.randint(0, 2, (70,), generator=generator)
+    expected = crop_and_resize(image, boxes, box_ind, 16)
+    image_nhwc = laid_out(image, "channels_last")
+    crops = crop_and_resize(image_nhwc, boxes, box_ind, 16)
+    assert crops.nbytes > 16 << 20 and crops.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(crops, expected)
+    misaligned = torch.empty(crops.numel() + 1)[1:].view(70, 16, 16, 256).permute(0, 3, 1, 2)
+    assert crop_and_resize(image_nhwc, boxes, box_ind, 16, out=misaligned) is misaligned
+    assert torch.equal(misaligned, expected)
+    nchw_out = torch.empty_like(expected)
+    crop_and_resize(image_nhwc, boxes, box_ind, 16, out=nchw_out)
+    assert torch.equal(nchw_out, expected)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_out_is_written_and_returned(device, layout):
+    image, boxes, box_ind = to_torch(device, *random_case(18, 2, 5, 9, 8, 6))
+    image = laid_out(image, layout)
+    expected = crop_and_resize(image, boxes, box_ind, (4, 3), 0.5)
+    out = torch.full_like(expected, 7.0)
+    assert crop_and_resize(image, boxes, box_ind, (4, 3), 0.5, out=out) is out
+    assert torch.equal(out, expected)
+    out_other_layout = torch.full(expected.shape, 7.0, device=device)
+    crop_and_resize(image, boxes, box_ind, (4, 3), 0.5, out=out_other_layout)
+    assert torch.equal(out_other_layout, expected)
+
+
+@pytest.mark.parametrize(
+    "out, match",
+    [
+        (torch.zeros(6, 3, 3, 2), r"out must be a \[K, C, crop_height, crop_width\] = \[6, 3, 3, 3\]"),
+        (torch.zeros(6, 3, 3, 3, dtype=torch.float64), "out must have the image's dtype"),
+        (torch.zeros(1, 1, 1, 1).expand(6, 3, 3, 3), "unsupported operation"),
+    ],
+)
+def test_bad_out(device, out, match):
+    args = valid_args(device)
+    with pytest.raises(RuntimeError, match=match):
+        crop_and_resize(**args, out=out.to(device))
+
+
+def test_out_may_not_overlap_the_image(device):
+    args = valid_args(device)
+    args["image"] = torch.zeros(6 * 3 * 3 * 3, device=device)
+    with pytest.raises(RuntimeError, match="unsupported operation"):
+        crop_and_resize(args["image"].view(2, 3, 9, 3), args["boxes"], args["box_ind"], (3, 3),
+                        out=args["image"].view(6, 3, 3, 3))
+
+
+def test_out_refuses_autograd(device):
+    args = valid_args(device)
+    args["image"].requires_grad_(True)
+    out = torch.zeros(6, 3, 3, 3, device=device)
+    with pytest.raises(RuntimeError, match="out= does not support autograd"):
+        crop_and_resize(**args, out=out)
+    with torch.no_grad():
+        crop_and_resize(**args, out=out)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -459,10 +553,31 @@ def test_fake_kernels_give_shapes_without_data():
     assert grad_image.shape == (2, 3, 10, 12)
 
 
-def test_opcheck(device):
+def test_fake_kernels_give_the_layout_of_the_kernels():
+    image = laid_out(torch.zeros(2, 3, 10, 12), "channels_last")
+    boxes = torch.rand(5, 4)
+    box_ind = torch.zeros(5, dtype=torch.int64)
+    crops = crop_and_resize(image, boxes, box_ind, (7, 6))
+    grad_image = torch.ops.mrcnn.crop_and_resize_backward(crops, boxes, box_ind, 2, 3, 10, 12)
+    with FakeTensorMode() as mode:
+        fake_crops = crop_and_resize(mode.from_tensor(image), mode.from_tensor(boxes),
+                                     mode.from_tensor(box_ind), (7, 6))
+        fake_grad = torch.ops.mrcnn.crop_and_resize_backward(
+            fake_crops, mode.from_tensor(boxes), mode.from_tensor(box_ind), 2, 3, 10, 12)
+    assert fake_crops.stride() == crops.stride() and fake_grad.stride() == grad_image.stride()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_opcheck(device, layout):
     image, boxes, box_ind, crop_size = float64_case(device, 15)
+    image = laid_out(image.detach(), layout).requires_grad_(True)
     torch.library.opcheck(
         torch.ops.mrcnn.crop_and_resize.default, (image, boxes, box_ind, *crop_size, 0.5))
-    grad = torch.randn(len(boxes), 3, *crop_size, dtype=torch.float64, device=device)
+    out = torch.empty(len(boxes), 3, *crop_size, dtype=torch.float64, device=device)
+    torch.library.opcheck(
+        torch.ops.mrcnn.crop_and_resize.out,
+        (image.detach(), boxes, box_ind, *crop_size, 0.5), {"out": out})
+    grad = laid_out(torch.randn(len(boxes), 3, *crop_size, dtype=torch.float64, device=device),
+                    layout)
     torch.library.opcheck(
         torch.ops.mrcnn.crop_and_resize_backward.default, (grad, boxes, box_ind, 2, 3, 6, 7))

@@ -34,6 +34,9 @@ def random_rois(generator, num_rois, batch, image_height, image_width):
     return torch.cat([batch_index, boxes], dim=1)
 
 
+LAYOUTS = [torch.contiguous_format, torch.channels_last]
+
+
 def ramp(height=4, width=4):
     """Tensor[1, 1, H, W] with value 10 y + x, on which bilinear interpolation is exact."""
     y, x = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
@@ -99,26 +102,29 @@ def test_rois_of_another_dtype(device, rois_dtype):
 @pytest.mark.parametrize("spatial_scale", [1.0, 0.25, 1 / 16])
 @pytest.mark.parametrize("sampling_ratio", [-1, 2])
 @pytest.mark.parametrize("aligned", [True, False])
-def test_matches_reference(device, dtype, tol, spatial_scale, sampling_ratio, aligned):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_matches_reference(device, dtype, tol, spatial_scale, sampling_ratio, aligned, layout):
     generator = torch.Generator().manual_seed(0)
     input = torch.rand(2, 3, 11, 14, generator=generator, dtype=torch.float64).to(dtype)
     rois = random_rois(generator, 40, 2, 11 / spatial_scale, 14 / spatial_scale).to(dtype)
-    out = roi_align(input.to(device), rois.to(device), (5, 4), spatial_scale, sampling_ratio,
-                    aligned)
+    out = roi_align(input.to(device).contiguous(memory_format=layout), rois.to(device), (5, 4),
+                    spatial_scale, sampling_ratio, aligned)
     assert out.dtype == dtype and out.shape == (40, 3, 5, 4)
+    assert out.is_contiguous(memory_format=layout)
     expected = reference_roi_align(input, rois, (5, 4), spatial_scale, sampling_ratio, aligned)
     torch.testing.assert_close(out.cpu().double(), expected, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
 @pytest.mark.parametrize("aligned", [True, False])
-def test_backward_matches_reference(device, dtype, tol, aligned):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_backward_matches_reference(device, dtype, tol, aligned, layout):
     generator = torch.Generator().manual_seed(1)
     input = torch.rand(2, 3, 9, 12, generator=generator, dtype=torch.float64).to(dtype)
     rois = random_rois(generator, 30, 2, 9 * 8, 12 * 8).to(dtype)
     upstream = torch.rand(30, 3, 3, 4, generator=generator, dtype=torch.float64)
 
-    input_device = input.to(device, copy=True).requires_grad_()
+    input_device = input.to(device, copy=True).contiguous(memory_format=layout).requires_grad_()
     out = roi_align(input_device, rois.to(device), (3, 4), 1 / 8, -1, aligned)
     (out * upstream.to(device, dtype)).sum().backward()
 
@@ -126,8 +132,57 @@ def test_backward_matches_reference(device, dtype, tol, aligned):
     expected = reference_roi_align(input_reference, rois, (3, 4), 1 / 8, -1, aligned)
     (expected * upstream).sum().backward()
     assert input_device.grad.dtype == dtype
+    assert input_device.grad.is_contiguous(memory_format=layout)
     torch.testing.assert_close(input_device.grad.cpu().double(), input_reference.grad,
                                rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("sampling_ratio", [-1, 2])
+def test_channels_last_equals_nchw_bit_for_bit(sampling_ratio):
+    # 300 channels (a vector tail) make 14-pixel tiles that the rois cross; the adaptive grid of
+    # the widest rois has over 256 taps a bin, summed in parts.
+    generator = torch.Generator().manual_seed(9)
+    input = torch.randn(2, 300, 30, 200, generator=generator)
+    rois = random_rois(generator, 40, 2, 30 * 4, 200 * 4).float()
+    rois[:4] = torch.tensor([[0, 0, 0, 800, 120], [1, -40, 8, 840, 100], [1, 0, 0, 1, 1],
+                             [0, 400, 60, 380, 40]])
+    upstream = torch.randn(40, 300, 7, 5, generator=generator)
+    results = []
+    for layout in LAYOUTS:
+        laid_out = input.clone(memory_format=layout).requires_grad_()
+        out = roi_align(laid_out, rois, (7, 5), 0.25, sampling_ratio, aligned=True)
+        out.backward(upstream)
+        assert out.is_contiguous(memory_format=layout)
+        assert laid_out.grad.is_contiguous(memory_format=layout)
+        results.append((out.detach(), laid_out.grad))
+    (out_nchw, grad_nchw), (out_nhwc, grad_nhwc) = results
+    assert torch.equal(out_nhwc, out_nchw) and out_nchw.abs().sum() > 0
+    assert torch.equal(grad_nhwc, grad_nchw) and grad_nchw.abs().sum() > 0
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_out_is_written_and_returned(device, layout):
+    generator = torch.Generator().manual_seed(10)
+    input = torch.rand(2, 5, 9, 8, generator=generator).to(device).contiguous(
+        memory_format=layout)
+    rois = random_rois(generator, 6, 2, 9, 8).float().to(device)
+    expected = roi_align(input, rois, (3, 2), 0.5, 2)
+    out = torch.full_like(expected, 7.0)
+    assert roi_align(input, rois, (3, 2), 0.5, 2, out=out) is out
+    assert torch.equal(out, expected)
+    out_other_layout = torch.full(expected.shape, 7.0, device=device)
+    roi_align(input, rois, (3, 2), 0.5, 2, out=out_other_layout)
+    assert torch.equal(out_other_layout, expected)
+
+
+def test_bad_out(device):
+    input, rois = _valid_args(device)
+    with pytest.raises(RuntimeError, match=r"out must be a \[K, C, pooled_height, pooled_width\]"):
+        roi_align(input, rois, 2, out=torch.zeros(1, 3, 2, 3, device=device))
+    with pytest.raises(RuntimeError, match="out must have the input's dtype"):
+        roi_align(input, rois, 2, out=torch.zeros(1, 3, 2, 2, dtype=torch.float64, device=device))
+    with pytest.raises(RuntimeError, match="out= does not support autograd"):
+        roi_align(input.requires_grad_(), rois, 2, out=torch.zeros(1, 3, 2, 2, device=device))
 
 
 def test_large_enough_to_run_in_parallel(device):
@@ -334,11 +389,29 @@ def test_fake_tensors():
             roi_align(input, torch.empty(7, 4), 2)
 
 
-def test_opcheck():
+def test_fake_tensors_have_the_kernels_layout():
+    input = torch.rand(2, 3, 10, 12).contiguous(memory_format=torch.channels_last)
+    rois = random_rois(torch.Generator().manual_seed(11), 7, 2, 20, 24).float()
+    out = roi_align(input, rois, (4, 5), 0.5)
+    grad_input = torch.ops.mrcnn.roi_align_backward(out, rois, 0.5, 4, 5, 2, 3, 10, 12, -1, True)
+    with FakeTensorMode() as mode:
+        fake_out = roi_align(mode.from_tensor(input), mode.from_tensor(rois), (4, 5), 0.5)
+        fake_grad = torch.ops.mrcnn.roi_align_backward(fake_out, mode.from_tensor(rois), 0.5, 4,
+                                                       5, 2, 3, 10, 12, -1, True)
+    assert fake_out.stride() == out.stride() and fake_grad.stride() == grad_input.stride()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_opcheck(layout):
     generator = torch.Generator().manual_seed(7)
-    input = torch.rand(2, 3, 6, 7, generator=generator, dtype=torch.float64, requires_grad=True)
+    input = torch.rand(2, 3, 6, 7, generator=generator, dtype=torch.float64)
+    input = input.contiguous(memory_format=layout).requires_grad_()
     rois = random_rois(generator, 5, 2, 12, 14)
     torch.library.opcheck(torch.ops.mrcnn.roi_align.default, (input, rois, 0.5, 2, 3, -1, True))
+    out = torch.empty(5, 3, 2, 3, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.mrcnn.roi_align.out,
+                          (input.detach(), rois, 0.5, 2, 3, -1, True), {"out": out})
     grad = torch.rand(5, 3, 2, 3, generator=generator, dtype=torch.float64)
     torch.library.opcheck(torch.ops.mrcnn.roi_align_backward.default,
-                          (grad, rois, 0.5, 2, 3, 2, 3, 6, 7, 2, False))
+                          (grad.contiguous(memory_format=layout), rois, 0.5, 2, 3, 2, 3, 6, 7, 2,
+                           False))
