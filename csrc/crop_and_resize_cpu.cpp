@@ -445,10 +445,9 @@ at::Tensor crop_and_resize_cpu(const at::Tensor& image, const at::Tensor& boxes,
 
 // Writes straight into `out` when it is laid out as the kernel writes (as crop_and_resize would
 // return it), else through a copy.
-at::Tensor& crop_and_resize_out_cpu(const at::Tensor& image, const at::Tensor& boxes,
-                                    const at::Tensor& box_ind, int64_t crop_height,
-                                    int64_t crop_width, double extrapolation_value,
-                                    at::Tensor& out) {
+void crop_and_resize_out_cpu(const at::Tensor& image, const at::Tensor& boxes,
+                             const at::Tensor& box_ind, int64_t crop_height, int64_t crop_width,
+                             double extrapolation_value, at::Tensor& out) {
   const KernelBoxes kernel_boxes =
       check_forward_args(image, boxes, box_ind, crop_height, crop_width);
   check_cpu_dtype("crop_and_resize", "image", image);
@@ -460,7 +459,6 @@ at::Tensor& crop_and_resize_out_cpu(const at::Tensor& image, const at::Tensor& b
     out.copy_(crop_and_resize_cpu(image, boxes, box_ind, crop_height, crop_width,
                                   extrapolation_value));
   }
-  return out;
 }
 
 // The gradient comes out in the layout of `grad`: channels last for a channels-last grad.

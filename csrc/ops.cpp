@@ -1,7 +1,8 @@
 // Schemas of the mrcnn operators. Each kernel file registers its implementation for one
 // device with TORCH_LIBRARY_IMPL, so a single op name dispatches to the CPU or CUDA kernel. The
-// out= variants have a CPU kernel that writes in place; on other devices (CUDA, meta) they
-// compute the result and copy it into `out`, as defined here.
+// out= variants have a CPU kernel that writes in place; on CUDA they compute the result and copy
+// it into `out`, as defined here. They return nothing (the caller holds `out`), so that
+// torch.compile can functionalise them.
 #include <Python.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -12,10 +13,9 @@
 namespace mrcnn {
 namespace {
 
-at::Tensor& crop_and_resize_out_by_copy(const at::Tensor& image, const at::Tensor& boxes,
-                                        const at::Tensor& box_ind, int64_t crop_height,
-                                        int64_t crop_width, double extrapolation_value,
-                                        at::Tensor& out) {
+void crop_and_resize_out_by_copy(const at::Tensor& image, const at::Tensor& boxes,
+                                 const at::Tensor& box_ind, int64_t crop_height,
+                                 int64_t crop_width, double extrapolation_value, at::Tensor& out) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("mrcnn::crop_and_resize", "")
@@ -25,13 +25,11 @@ at::Tensor& crop_and_resize_out_by_copy(const at::Tensor& image, const at::Tenso
       op.call(image, boxes, box_ind, crop_height, crop_width, extrapolation_value);
   crop_and_resize::check_out(image, boxes.size(0), crop_height, crop_width, out);
   out.copy_(crops);
-  return out;
 }
 
-at::Tensor& roi_align_out_by_copy(const at::Tensor& input, const at::Tensor& rois,
-                                  double spatial_scale, int64_t pooled_height,
-                                  int64_t pooled_width, int64_t sampling_ratio, bool aligned,
-                                  at::Tensor& out) {
+void roi_align_out_by_copy(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
+                           int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
+                           bool aligned, at::Tensor& out) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("mrcnn::roi_align", "")
@@ -41,7 +39,6 @@ at::Tensor& roi_align_out_by_copy(const at::Tensor& input, const at::Tensor& roi
       op.call(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned);
   roi_align::check_out(input, rois.size(0), pooled_height, pooled_width, out);
   out.copy_(pooled);
-  return out;
 }
 
 }  // namespace
@@ -62,7 +59,7 @@ TORCH_LIBRARY(mrcnn, m) {
       "int crop_width, float extrapolation_value) -> Tensor");
   m.def(
       "crop_and_resize.out(Tensor image, Tensor boxes, Tensor box_ind, int crop_height, "
-      "int crop_width, float extrapolation_value, *, Tensor(a!) out) -> Tensor(a!)");
+      "int crop_width, float extrapolation_value, *, Tensor(a!) out) -> ()");
   m.def(
       "crop_and_resize_backward(Tensor grad, Tensor boxes, Tensor box_ind, int batch, "
       "int channels, int height, int width) -> Tensor");
@@ -73,14 +70,14 @@ TORCH_LIBRARY(mrcnn, m) {
       "int pooled_width, int sampling_ratio, bool aligned) -> Tensor");
   m.def(
       "roi_align.out(Tensor input, Tensor rois, float spatial_scale, int pooled_height, "
-      "int pooled_width, int sampling_ratio, bool aligned, *, Tensor(a!) out) -> Tensor(a!)");
+      "int pooled_width, int sampling_ratio, bool aligned, *, Tensor(a!) out) -> ()");
   m.def(
       "roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, int pooled_height, "
       "int pooled_width, int batch, int channels, int height, int width, int sampling_ratio, "
       "bool aligned) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(mrcnn, CompositeExplicitAutograd, m) {
+TORCH_LIBRARY_IMPL(mrcnn, CUDA, m) {
   m.impl("crop_and_resize.out", &mrcnn::crop_and_resize_out_by_copy);
   m.impl("roi_align.out", &mrcnn::roi_align_out_by_copy);
 }

@@ -544,9 +544,9 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
 
 // Writes straight into `out` when it is laid out as the kernel writes (as roi_align would return
 // it), else through a copy.
-at::Tensor& roi_align_out_cpu(const at::Tensor& input, const at::Tensor& rois,
-                              double spatial_scale, int64_t pooled_height, int64_t pooled_width,
-                              int64_t sampling_ratio, bool aligned, at::Tensor& out) {
+void roi_align_out_cpu(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
+                       int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
+                       bool aligned, at::Tensor& out) {
   check_forward_args(input, rois, pooled_height, pooled_width);
   check_cpu_dtype(input, "input");
   check_out(input, rois.size(0), pooled_height, pooled_width, out);
@@ -558,7 +558,6 @@ at::Tensor& roi_align_out_cpu(const at::Tensor& input, const at::Tensor& rois,
     out.copy_(roi_align_forward_cpu(input, rois, spatial_scale, pooled_height, pooled_width,
                                     sampling_ratio, aligned));
   }
-  return out;
 }
 
 // The gradient comes out in the layout of `grad`: channels last for a channels-last grad.

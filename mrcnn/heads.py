@@ -31,11 +31,15 @@ class PyramidROIAlign(nn.Module):
 
     def forward(self, boxes, box_image, feature_maps, image_hw):
         """boxes [R, 4] normalised, box_image [R] (the image of each box), feature_maps [P2..P5]
-        each [B, C, h, w], image_hw the molded image size -> pooled [R, C, pool, pool]."""
+        each [B, C, h, w], image_hw the molded image size -> pooled [R, C, pool, pool], channels
+        last when the maps are (crop_and_resize's fast layout on the CPU)."""
         boxes = boxes.detach()
         levels = roi_pyramid_levels(boxes, image_hw[0] * image_hw[1])
-        channels = feature_maps[0].shape[1]
-        pooled = feature_maps[0].new_empty((len(boxes), channels) + self.pool_size)
+        first = feature_maps[0]
+        layout = (torch.channels_last if first.is_contiguous(memory_format=torch.channels_last)
+                  else torch.contiguous_format)
+        pooled = torch.empty((len(boxes), first.shape[1]) + self.pool_size, dtype=first.dtype,
+                             device=first.device, memory_format=layout)
         for level, feature_map in enumerate(feature_maps, start=2):
             rows = torch.nonzero(levels == level).squeeze(1)
             pooled[rows] = crop_and_resize(feature_map, boxes[rows], box_image[rows],

@@ -113,8 +113,8 @@ class MaskScoringRCNN(nn.Module):
             rpn_rois = self.proposal_layer(rpn_class, rpn_bbox, anchors,
                                            self.config.POST_NMS_ROIS_INFERENCE)
         with timer("box head"):
-            # The RoI pooling kernels read NCHW maps: convert the pooled levels once.
-            pooled_levels = [p.contiguous() for p in pyramid[:4]]
+            # The RoI pooling reads the channels-last levels as they are (its fast layout).
+            pooled_levels = pyramid[:4]
             mrcnn_class, mrcnn_bbox = self.classify(rpn_rois, pooled_levels, image_hw)
         with timer("detection"):
             windows = norm_boxes(image_metas[:, 7:11], image_metas[0, 4:6])

@@ -58,7 +58,8 @@ def crop_and_resize(
     if out is None:
         return torch.ops.mrcnn.crop_and_resize(*args)
     _check_out_without_grad("crop_and_resize", image)
-    return torch.ops.mrcnn.crop_and_resize.out(*args, out=out)
+    torch.ops.mrcnn.crop_and_resize.out(*args, out=out)
+    return out
 
 
 def _check_out_without_grad(op: str, input: Tensor) -> None:
@@ -91,6 +92,18 @@ def _crop_and_resize_fake(image, boxes, box_ind, crop_height, crop_width, extrap
         lambda: f"crop size must be positive, got {crop_height} x {crop_width}",
     )
     return new_empty(image, (boxes.size(0), image.size(1), crop_height, crop_width))
+
+
+@torch.library.register_fake("mrcnn::crop_and_resize.out")
+def _crop_and_resize_out_fake(image, boxes, box_ind, crop_height, crop_width,
+                              extrapolation_value, *, out):
+    crops = _crop_and_resize_fake(image, boxes, box_ind, crop_height, crop_width,
+                                  extrapolation_value)
+    torch._check(
+        out.shape == crops.shape and out.dtype == crops.dtype,
+        lambda: f"out must be a {crops.dtype} tensor of shape {tuple(crops.shape)}, "
+        f"got {out.dtype} {tuple(out.shape)}",
+    )
 
 
 @torch.library.register_fake("mrcnn::crop_and_resize_backward")

@@ -60,7 +60,8 @@ def roi_align(
     if out is None:
         return torch.ops.mrcnn.roi_align(*args)
     _check_out_without_grad("roi_align", input)
-    return torch.ops.mrcnn.roi_align.out(*args, out=out)
+    torch.ops.mrcnn.roi_align.out(*args, out=out)
+    return out
 
 
 def _pair(output_size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
@@ -106,6 +107,20 @@ def _roi_align_fake(
     )
     _check_fake_args(rois, input, "input", pooled_height, pooled_width)
     return new_empty(input, (rois.size(0), input.size(1), pooled_height, pooled_width))
+
+
+@torch.library.register_fake("mrcnn::roi_align.out")
+def _roi_align_out_fake(
+    input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, *, out
+):
+    pooled = _roi_align_fake(
+        input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned
+    )
+    torch._check(
+        out.shape == pooled.shape and out.dtype == pooled.dtype,
+        lambda: f"roi_align: out must be a {pooled.dtype} tensor of shape "
+        f"{tuple(pooled.shape)}, got {out.dtype} {tuple(out.shape)}",
+    )
 
 
 @torch.library.register_fake("mrcnn::roi_align_backward")
