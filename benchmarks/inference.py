@@ -85,9 +85,8 @@ def measure(backbone, size, device, weights, image_path):
     import torch
 
     from mrcnn.config import CocoConfig
-    from mrcnn.detector import MaskScoringRCNN, unmold_results
+    from mrcnn.detector import MaskScoringRCNN
     from preprocess.images import load_image
-    from mrcnn.molding import mold_inputs
 
     config = CocoConfig(BACKBONE=backbone, IMAGES_PER_GPU=1, IMAGE_MIN_DIM=size,
                         IMAGE_MAX_DIM=size)
@@ -105,12 +104,7 @@ def measure(backbone, size, device, weights, image_path):
         times[name].append(time.perf_counter() - start)
 
     def detect():
-        with timer("molding"):
-            molded, metas, windows = mold_inputs([image], config, device=model.device)
-        outputs = model.infer(molded, metas, timer=timer)
-        with timer("unmolding"):
-            (result,) = unmold_results([image], outputs, tuple(molded.shape[-2:]), windows)
-        return result
+        return model.run_batch([image], timer=timer).results[0]
 
     with torch.inference_mode():
         _, totals, result = timed_runs(detect, serve=True, repeat=None)
