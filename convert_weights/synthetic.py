@@ -162,8 +162,8 @@ def write_synthetic_weights(manifest, seed, path, progress=False):
     atomically (a unique temporary file beside it, then a rename), so concurrent writers of the
     same file never see each other's partial output. Returns the manifest dict.
 
-    The HDF5 calls are those of Keras' save_weights, in its order, so that with the same HDF5
-    library the file has the same bytes as one Keras wrote."""
+    The HDF5 calls follow Keras' save_weights, in its order: with the same HDF5 library the file
+    has the same bytes as the one the Keras reference case was run with (MD5 in its README)."""
     if not isinstance(manifest, dict):
         manifest = load_manifest(manifest)
     else:
