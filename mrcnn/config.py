@@ -34,6 +34,7 @@ RESIZE_MODES = ("none", "square", "pad64", "crop")
 # Resize modes in which the molded shape depends on the image.
 PER_IMAGE_MODES = ("pad64", "none")
 BACKBONES = ("resnet50", "resnet101")
+POOLERS = ("crop_and_resize", "roi_align")
 
 
 class Config:
@@ -83,6 +84,11 @@ class Config:
     ROI_POSITIVE_RATIO = 0.33
     POOL_SIZE = 7
     MASK_POOL_SIZE = 14
+    # How PyramidROIAlign pools a box from its pyramid level (box and mask heads, training too):
+    # "crop_and_resize" is Matterport's (tf.image.crop_and_resize), the one Matterport's weights
+    # were trained with; "roi_align" is RoIAlign as torchvision and detectron2 compute it
+    # (aligned=True, adaptive sampling), for models trained with this project.
+    POOLER = "crop_and_resize"
     MASK_SHAPE = [28, 28]
     MAX_GT_INSTANCES = 100
     RPN_BBOX_STD_DEV = [0.1, 0.1, 0.2, 0.2]
@@ -233,6 +239,8 @@ class Config:
         """Raises ValueError for settings the model cannot run with."""
         if self.BACKBONE not in BACKBONES:
             raise ValueError(f"BACKBONE must be one of {BACKBONES}, got {self.BACKBONE!r}")
+        if self.POOLER not in POOLERS:
+            raise ValueError(f"POOLER must be one of {POOLERS}, got {self.POOLER!r}")
         if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:
             raise ValueError(f"IMAGE_RESIZE_MODE must be one of {RESIZE_MODES}, "
                              f"got {self.IMAGE_RESIZE_MODE!r}")

@@ -40,8 +40,8 @@ class MaskScoringRCNN(nn.Module):
         self.rpn = RPN(len(config.RPN_ANCHOR_RATIOS), config.RPN_ANCHOR_STRIDE, channels)
         self.proposal_layer = ProposalLayer(config.PRE_NMS_LIMIT, config.RPN_NMS_THRESHOLD,
                                             config.RPN_BBOX_STD_DEV)
-        self.box_roi_align = PyramidROIAlign(config.POOL_SIZE)
-        self.mask_roi_align = PyramidROIAlign(config.MASK_POOL_SIZE)
+        self.box_roi_align = PyramidROIAlign(config.POOL_SIZE, config.POOLER)
+        self.mask_roi_align = PyramidROIAlign(config.MASK_POOL_SIZE, config.POOLER)
         self.box_head = BoxHead(num_classes, channels, config.POOL_SIZE,
                                 config.FPN_CLASSIF_FC_LAYERS_SIZE, config.TRAIN_BN)
         self.mask_head = MaskHead(num_classes, channels, config.TRAIN_BN)

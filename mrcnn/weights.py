@@ -86,13 +86,17 @@ class MaskIoUHeadNotInFileWarning(UserWarning):
     """Loaded Keras weights leave the MaskIoU head at its initialisation."""
 
 
+class PoolerMismatchWarning(UserWarning):
+    """Loaded weights were trained with another Config.POOLER than the model pools with."""
+
+
 def load_weights(model, path, progress=False):
     """Loads a Matterport Keras .h5 (converted on the fly) or an mrcnn .pth into `model`.
 
     An .h5 must fill every Keras layer of the model exactly; the MaskIoU head keeps its
     initialisation, which a MaskIoUHeadNotInFileWarning says. A .pth must come from
     save_weights for a config with the same weight shapes (SHAPE_FIELDS) and fills the whole
-    model. `progress` shows a progress bar while an .h5 is read.
+    model; a PoolerMismatchWarning says when it was trained with another POOLER. `progress` shows a progress bar while an .h5 is read.
 
     Raises FileNotFoundError, or WeightsError saying what is wrong with the file; a file that
     does not fit leaves the model untouched.
@@ -110,6 +114,12 @@ def load_weights(model, path, progress=False):
     _check_config(checkpoint["config"], model.config, f"{path} was saved for")
     _check_state_dict(checkpoint["state_dict"], model.state_dict(), path)
     model.load_state_dict(checkpoint["state_dict"])
+    # Same shapes either way, but the features the heads learnt from differ.
+    pooler = checkpoint["config"].get("POOLER", Config.POOLER)
+    if pooler != model.config.POOLER:
+        warnings.warn(f"{path} was trained with POOLER {pooler!r}; the model pools with "
+                      f"{model.config.POOLER!r}, so its results differ from the trained model's",
+                      PoolerMismatchWarning, stacklevel=2)
 
 
 def save_weights(model, config, path):
