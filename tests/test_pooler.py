@@ -114,6 +114,8 @@ def test_training_pools_with_the_configured_pooler():
     assert not torch.allclose(*gradients.values())
 
 
+# Matterport's files have no MaskIoU head, which the model says.
+@pytest.mark.filterwarnings("ignore::mrcnn.weights.MaskIoUHeadNotInFileWarning")
 def test_matterport_weights_load_into_a_roi_align_model(reference_weights):
     """Same weight shapes, so they load and detect; but the box head, fed the Keras reference's
     proposals and pyramid, no longer gives the reference's class scores (crop_and_resize does,
