@@ -499,7 +499,7 @@ def read_dataset_image(dataset, index):
         return dataset.load_image(index)
     except FileNotFoundError:
         raise
-    except (DatasetError, OSError) as error:
+    except (DatasetError, ImageLoadError, OSError) as error:
         raise CliError(error_message(error)) from None
 
 
