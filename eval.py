@@ -5,9 +5,8 @@ import sys
 
 import torch.distributed as dist
 
-from convert_weights import WeightsError
-from convert_weights.keras_h5 import is_hdf5
 from mrcnn.cli import CliError, build_config, join_processes, load_model
+from mrcnn.weights import WeightsError, is_hdf5
 from postprocess import coco_eval
 from preprocess.coco import CocoDataset, DatasetError, coco_layout
 

@@ -23,9 +23,10 @@ from mrcnn.atomic import atomic_write
 from mrcnn.cli import (CliError, coco_checkpoint, error_message, join_processes, reports_errors,
                        resolve_device)
 from mrcnn.config import Config
-from mrcnn.model import MaskScoringRCNN
-from mrcnn.training import (LOSS_NAMES, TrainingModel, load_pretrained, set_batch_norm_modes,
-                            set_trainable, total_loss)
+from mrcnn.detector import MaskScoringRCNN
+from mrcnn.training import (LOSS_NAMES, TrainingModel, set_batch_norm_modes, set_trainable,
+                            total_loss)
+from mrcnn.weights import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_pretrained
 from postprocess import coco_eval
 from preprocess.coco import CocoDataset, coco_layout
 from preprocess.training_data import DrawSampler, TrainingSamples, collate, trainable_image_indices
@@ -66,9 +67,9 @@ examples:
 METRICS_FILE = "metrics.csv"
 VALIDATION_FILE = "validation.csv"
 NONFINITE_FILE = "nonfinite.pth"
-# The header convert_weights.load_weights checks, so that a training checkpoint is also a model
+# The header mrcnn.weights.load_weights checks, so that a training checkpoint is also a model
 # checkpoint.
-CHECKPOINT_FORMAT = {"format": "mrcnn", "version": 1}
+CHECKPOINT_HEADER = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}
 
 
 def build_parser():
@@ -551,7 +552,7 @@ class Trainer:
     def save_checkpoint(self, epoch, path):
         """An mrcnn model checkpoint plus the training state, written atomically."""
         state = {
-            **CHECKPOINT_FORMAT,
+            **CHECKPOINT_HEADER,
             "config": self.config.to_dict(),
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),

@@ -85,9 +85,9 @@ def measure(backbone, size, device, weights, image_path):
     import torch
 
     from mrcnn.config import CocoConfig
-    from mrcnn.model import MaskScoringRCNN, unmold_results
+    from mrcnn.detector import MaskScoringRCNN, unmold_results
     from preprocess.images import load_image
-    from preprocess.molding import mold_inputs
+    from mrcnn.molding import mold_inputs
 
     config = CocoConfig(BACKBONE=backbone, IMAGES_PER_GPU=1, IMAGE_MIN_DIM=size,
                         IMAGE_MAX_DIM=size)

@@ -15,29 +15,10 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+from mrcnn.weights import WeightsError, is_hdf5
+
 DEDUP_SUFFIX = re.compile(r"_\d+$")
 VARIABLE_INDEX = re.compile(r":\d+$")
-
-
-class WeightsError(ValueError):
-    """A weights file that cannot be read, or whose weights do not fit the model."""
-
-
-def is_hdf5(path):
-    """True when the file carries the HDF5 signature.
-
-    HDF5 puts it at offset 0, or after a user block at 512, 1024, 2048, ... bytes.
-    """
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        offset = 0
-        while offset + len(HDF5_SIGNATURE) <= size:
-            f.seek(offset)
-            if f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
-                return True
-            offset = 512 if offset == 0 else 2 * offset
-    return False
 
 
 def strip_dedup_suffix(name, known):
@@ -53,12 +34,13 @@ def strip_dedup_suffix(name, known):
     return name
 
 
-def read_keras_weights(path, progress=False):
+def read_keras_weights(path, progress=False, arrays=True):
     """All weights of a Keras 2 HDF5 weights file.
 
     Returns {layer name: {param name: array}}, e.g. weights["rpn_conv_shared"]["kernel"] of shape
     (3, 3, 256, 512), with arrays in the file's layout and dtype. Layers without weights are
-    left out. `progress` shows a progress bar over the layers.
+    left out. `progress` shows a progress bar over the layers. With `arrays=False` the values
+    are the datasets' shapes, and no weight is read.
 
     Raises FileNotFoundError for a missing file and WeightsError for a file that is not HDF5,
     is truncated or corrupt, or is not a Keras weights file.
@@ -74,7 +56,7 @@ def read_keras_weights(path, progress=False):
                 if param in params:
                     raise WeightsError(f"{path}: weight {layer}/{param} appears twice (last in "
                                        f"layer group {layer_name!r}); the file is ambiguous")
-                params[param] = _read_dataset(dataset, path)
+                params[param] = _read_dataset(dataset, path) if arrays else dataset.shape
     return weights
 
 

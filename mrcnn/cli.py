@@ -25,12 +25,10 @@ from pathlib import Path
 
 import torch
 
-from convert_weights import (MaskIoUHeadNotInFileWarning, WeightsError, checkpoint_config,
-                             load_weights)
-from convert_weights.checkpoint import CHECKPOINT_VERSION
-from convert_weights.keras_h5 import is_hdf5
 from mrcnn.config import CocoConfig, Config
-from mrcnn.weights import DownloadError, cache_dir, cached_converted_weights, coco_weights_path
+from mrcnn.weights import (CHECKPOINT_VERSION, DownloadError, MaskIoUHeadNotInFileWarning,
+                           WeightsError, cache_dir, cached_converted_weights, checkpoint_config,
+                           coco_weights_path, is_hdf5, load_weights, save_weights)
 
 INIT_SEED = 0
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
@@ -172,7 +170,7 @@ def load_model(config, weights=None, device="cpu", progress=True):
     """
     path = coco_checkpoint(progress) if weights is None else _existing(weights)
     try:
-        from mrcnn.model import MaskScoringRCNN
+        from mrcnn.detector import MaskScoringRCNN
     except ImportError as error:
         raise CliError(str(error)) from None
     # Seeded so that what a weights file lacks (the MaskIoU head of Matterport's .h5 files) is
@@ -201,13 +199,16 @@ def coco_checkpoint(progress=True):
     Raises DownloadError when the .h5 is not cached and cannot be downloaded (offline); its
     message says to pass --weights.
     """
-    from convert_weights.__main__ import convert_file
+    from mrcnn.detector import MaskScoringRCNN
 
     def convert(h5_path, out_path):
         if progress:
             print(f"Converting {h5_path} to an mrcnn checkpoint (once) in {cache_dir()}",
                   file=sys.stderr)
-        convert_file(h5_path, out_path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MaskIoUHeadNotInFileWarning)
+            model = MaskScoringRCNN.from_weights(h5_path, progress=progress)
+        save_weights(model, model.config, out_path)
 
     return cached_converted_weights(coco_weights_path(progress), convert, tag=CONVERTED_TAG)
 

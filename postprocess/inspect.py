@@ -17,9 +17,9 @@ from mrcnn.config import backbone_shapes
 from preprocess.coco import CocoDataset, DatasetError, coco_layout
 from preprocess.images import ImageLoadError, load_image
 from preprocess.masks import expand_mask
-from preprocess.molding import mold_inputs
+from mrcnn.molding import mold_inputs
 from preprocess.training_data import LOAD_ERRORS, collate, load_image_gt
-from postprocess.unmold import unmold_masks
+from mrcnn.unmold import unmold_masks
 from postprocess.visualize import (draw_boxes, draw_caption, draw_instances, format_labels,
                                    instance_colors, line_width, score_colors, write_png)
 
@@ -157,7 +157,7 @@ def network_stages(model, image, top):
     """
     # The network's modules load the compiled ops: imported here, so that --help and the
     # argument checks work without them.
-    from mrcnn.model import unmold_results
+    from mrcnn.detector import unmold_results
 
     config = model.config
     molded, metas, windows = mold_inputs([image], config, device=model.device)

@@ -1,9 +1,5 @@
-"""Image decoding and conversion to the uint8 RGB arrays the model expects.
-
-Every image reaches the model as an `[H, W, 3]` uint8 RGB array, as Matterport's
-`Dataset.load_image` gives it: grayscale is repeated into three channels and an alpha channel is
-dropped (not composited). 16-bit samples map to the nearest 8-bit level, `round(v / 257)`, which
-is exact for images that were scaled up from 8 bits (v = 257 * k) and sends 65535 to 255.
+"""Image decoding into the uint8 RGB arrays the model expects (see mrcnn.images for the
+conversion rules: gray repeated, alpha dropped, 16-bit rounded to 8).
 
 Images larger than a pixel budget (`max_pixels`, DEFAULT_MAX_PIXELS unless raised) are refused
 from the size their header declares, before any pixel is decoded, so that a decompression bomb
@@ -16,6 +12,7 @@ import stat
 import cv2
 import numpy as np
 
+from mrcnn.images import ImageLoadError, to_rgb_uint8
 from preprocess.image_headers import declared_size
 
 # OpenCV applies the EXIF orientation for every flag combination except exactly
@@ -23,16 +20,9 @@ from preprocess.image_headers import declared_size
 # 16-bit samples (instead of OpenCV's own >> 8) and ANYCOLOR keeps grayscale single-channel and
 # drops alpha.
 _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
-# 2^27 = 134 million pixels (e.g. 16384 x 8192, or a 100-megapixel photo). The inference path
-# then peaks near 1 GB for the image (decoded, RGB copy, resizing) before the model's own memory;
-# OpenCV's own limit is 2^30.
+# 2^27 = 134 million pixels (e.g. 16384 x 8192, or a 100-megapixel photo). Decoding and the RGB
+# copy then take about 800 MB; OpenCV's own limit is 2^30.
 DEFAULT_MAX_PIXELS = 2 ** 27
-# uint16 -> uint8 as round(v / 257), by table: no uint32 copy of a large image.
-_UINT16_TO_UINT8 = ((np.arange(65536, dtype=np.uint32) + 128) // 257).astype(np.uint8)
-
-
-class ImageLoadError(ValueError):
-    """An image file or array that cannot be turned into a uint8 RGB image."""
 
 
 class ImageTooLargeError(ImageLoadError):
@@ -45,10 +35,9 @@ def load_image(source, name=None, max_pixels=DEFAULT_MAX_PIXELS, orientation=Tru
     Args:
         source: a path (str or os.PathLike), the encoded file contents (bytes, bytearray,
             memoryview), or an already decoded numpy array (passed to `to_rgb_uint8`, whatever
-            its size).
-            Files are decoded by OpenCV: JPEG, PNG, BMP, TIFF and the other formats it reads.
-            OpenCV returns TIFFs with an alpha channel premultiplied by alpha (composited over
-            black), unlike other formats.
+            its size). Files are decoded by OpenCV: JPEG, PNG, BMP, TIFF and the other formats
+            it reads. OpenCV returns TIFFs with an alpha channel premultiplied by alpha
+            (composited over black), unlike other formats.
         name: how error messages call the image; defaults to the path, or "<bytes>".
         max_pixels: refuse images of more pixels (height x width) than this; None for no limit
             but OpenCV's own (2^30). The size is read from the file's header before decoding
@@ -106,46 +95,6 @@ def check_pixel_budget(shape, max_pixels, name="image"):
             f"{name}: {width}x{height} pixels ({height * width:,}) is more than the limit of "
             f"{max_pixels:,} (a decompression bomb?); if the image is genuine, raise the limit "
             "(--max-pixels)")
-
-
-def to_rgb_uint8(image, name="image"):
-    """Converts a decoded image array to a contiguous [H, W, 3] uint8 RGB array.
-
-    Args:
-        image: numpy array [H, W] (gray), [H, W, 1] (gray), [H, W, 2] (gray + alpha),
-            [H, W, 3] (RGB) or [H, W, 4] (RGBA); uint8, or uint16 (mapped to round(v / 257)).
-            Colour arrays are taken to be RGB(A), as skimage.io and PIL return them.
-        name: how error messages call the image.
-
-    Returns:
-        [H, W, 3] uint8 RGB array (the input itself when it already is one and contiguous).
-
-    Raises:
-        ImageLoadError: another dtype (float images are refused because their range, 0-1 or
-            0-255, is ambiguous), another shape, or an empty image.
-    """
-    if not isinstance(image, np.ndarray):
-        raise ImageLoadError(f"{name}: expected a numpy array, got {type(image).__name__}")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
-        raise ImageLoadError(f"{name}: expected an image of shape [H, W] or [H, W, C] with C in "
-                             f"1..4, got shape {list(image.shape)}")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ImageLoadError(f"{name}: the image is empty (shape {list(image.shape)})")
-    if image.dtype not in (np.uint8, np.uint16):
-        hint = (" (float images are ambiguous, 0-1 or 0-255: convert them to uint8 first)"
-                if np.issubdtype(image.dtype, np.floating) else "")
-        raise ImageLoadError(f"{name}: unsupported pixel type {image.dtype}; expected uint8 or "
-                             f"uint16{hint}")
-    channels = image.shape[2]
-    if channels <= 2:
-        image = np.repeat(image[:, :, :1], 3, axis=2)
-    elif channels == 4:
-        image = image[:, :, :3]
-    if image.dtype == np.uint16:
-        image = _UINT16_TO_UINT8[image]
-    return np.ascontiguousarray(image)
 
 
 def _read_file(path, name):

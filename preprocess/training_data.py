@@ -15,7 +15,7 @@ import torch
 from preprocess.coco import DatasetError
 from preprocess.images import ImageLoadError
 from preprocess.masks import extract_bboxes, minimize_mask, resize_mask
-from preprocess.molding import compose_image_meta, mold_image, resize_image
+from mrcnn.molding import compose_image_meta, mold_image, resize_image
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,12 @@ DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 @pytest.fixture(scope="session", params=DEVICES)
 def device(request):
-    """Runs a test once per device: on the CPU always, on CUDA when a GPU is present."""
+    """Runs a test once per device: on the CPU always, on CUDA when a GPU is present.
+
+    The CUDA device carries its index (cuda:0), as the tensors made on it do, so that
+    `tensor.device == device` holds."""
+    if request.param == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device(request.param)
 
 

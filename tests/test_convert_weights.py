@@ -8,7 +8,6 @@ make_reference_weights.py.
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import h5py
@@ -18,11 +17,13 @@ import torch
 from torch import nn
 from torch.nn.utils import skip_init
 
-import convert_weights.checkpoint
-from convert_weights import (MaskIoUHeadNotInFileWarning, WeightsError, checkpoint_config,
-                             convert, load_weights, read_keras_weights, save_weights)
+import convert_weights.reader
+import mrcnn.weights
+from convert_weights import convert, read_keras_weights
 from convert_weights.__main__ import main as cli_main
 from mrcnn.config import Config
+from mrcnn.weights import (MaskIoUHeadNotInFileWarning, WeightsError, checkpoint_config,
+                           load_weights, save_weights)
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 KERAS_BN_EPS = 1e-3
@@ -590,7 +591,7 @@ def test_failed_save_leaves_no_partial_file(tmp_path, monkeypatch):
         f.write(b"partial")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(convert_weights.checkpoint.torch, "save", save_half_then_fail)
+    monkeypatch.setattr(mrcnn.weights.torch, "save", save_half_then_fail)
     with pytest.raises(OSError, match="No space left"):
         save_weights(model, model.config, path)
     assert [p.name for p in tmp_path.iterdir()] == ["m.pth"]
@@ -601,10 +602,8 @@ def test_failed_save_leaves_no_partial_file(tmp_path, monkeypatch):
 
 @pytest.fixture
 def fake_network(monkeypatch):
-    """mrcnn.model as the converter sees it, with the stand-in network."""
-    module = types.ModuleType("mrcnn.model")
-    module.MaskScoringRCNN = StandInModel
-    monkeypatch.setitem(sys.modules, "mrcnn.model", module)
+    """The converter builds the stand-in network instead of MaskScoringRCNN."""
+    monkeypatch.setattr(convert_weights.reader, "MaskScoringRCNN", StandInModel)
 
 
 def test_cli_converts_and_reads_the_settings_from_the_file(tmp_path, r50_h5, fake_network,

@@ -166,10 +166,10 @@ def test_help_names_every_option():
         assert option in text
 
 
-@pytest.mark.filterwarnings("ignore::convert_weights.MaskIoUHeadNotInFileWarning")
+@pytest.mark.filterwarnings("ignore::mrcnn.weights.MaskIoUHeadNotInFileWarning")
 def test_end_to_end_with_the_reference_weights(tmp_path, reference_weights,
                                                fast_reference_config, capsys):
-    from mrcnn.model import MaskScoringRCNN
+    from mrcnn.detector import MaskScoringRCNN
     from preprocess.images import load_image
 
     config = Config.from_json(fast_reference_config)

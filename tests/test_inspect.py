@@ -19,7 +19,7 @@ from mrcnn.training import pixel_anchors
 from postprocess import inspect
 from postprocess.visualize import (draw_boxes, draw_caption, instance_colors, score_colors,
                                    write_png)
-from preprocess.molding import resize_image
+from mrcnn.molding import resize_image
 
 REFERENCE = Path("../shared/reference/public_r50_256")
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)

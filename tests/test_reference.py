@@ -9,7 +9,7 @@ import torch
 
 from mrcnn.boxes import norm_boxes
 from mrcnn.config import Config
-from mrcnn.model import MaskScoringRCNN
+from mrcnn.detector import MaskScoringRCNN
 from tests.reference import ReferenceCase
 
 CASE = ReferenceCase("public_r50_256")

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import train
-from convert_weights import save_weights
 from mrcnn.config import Config
-from mrcnn.model import MaskScoringRCNN
-from mrcnn.training import (CLASS_LAYERS, TrainingModel, load_pretrained, named_layers,
-                            pixel_anchors, regularized_parameters, set_trainable, total_loss)
+from mrcnn.detector import MaskScoringRCNN
+from mrcnn.training import (TrainingModel, pixel_anchors, regularized_parameters, set_trainable,
+                            total_loss)
+from mrcnn.weights import CLASS_LAYERS, load_pretrained, save_weights
 from preprocess.synthetic import write_dataset
 
 # Small enough for a CPU: 64x64 images, a narrow FPN and classifier, few RoIs.
@@ -93,7 +93,7 @@ def test_l2_term_covers_trained_kernels_and_biases_not_batch_norm():
     assert "maskiou_head.fc1.weight" in covered
     assert not any(".bn" in n or "_bn" in n for n in covered)  # gamma and beta are left out
     assert "backbone.stages.2.0.conv_a.weight" not in covered  # frozen
-    assert set(named_layers(model)) >= set(CLASS_LAYERS)
+    assert set(model.named_layers()) >= set(CLASS_LAYERS)
 
 
 def test_pixel_anchors_are_the_models_anchors_before_normalisation():

@@ -4,9 +4,8 @@
 clip=True, preserve_range=True, anti_aliasing=False)` bit for bit: that call is
 `scipy.ndimage.zoom(grid_mode=True, mode='grid-constant')`, i.e. half-pixel sampling at
 `(i + 0.5) * in / out - 0.5`, two taps per axis whose taps outside the input read 0, summed in
-float64 in scipy's order, then clipped to the input's [min, max]. `resize_image`, `mold_image`,
-`compose_image_meta`, `norm_boxes` and `denorm_boxes` follow Matterport's `utils` and `model`
-functions of the same names.
+float64 in scipy's order, then clipped to the input's [min, max]. `resize_image`, `mold_image` and
+`compose_image_meta` follow Matterport's `utils` and `model` functions of the same names.
 
 Every function takes numpy arrays or torch tensors and returns the same kind; tensors stay on
 their device.
@@ -16,7 +15,6 @@ import random
 import numpy as np
 import torch
 
-from mrcnn import boxes as boxes_ops
 from mrcnn.config import RESIZE_MODES
 
 
@@ -262,25 +260,6 @@ def mold_inputs(images, config, device=None):
     batch = torch.stack(molded).permute(0, 3, 1, 2).contiguous()
     image_metas = torch.from_numpy(np.stack(metas)).to(device=batch.device, dtype=torch.float32)
     return batch, image_metas, np.array(windows, dtype=np.int32)
-
-
-def norm_boxes(boxes, shape):
-    """Matterport's `utils.norm_boxes` for numpy or torch: pixel boxes [..., 4] (y2, x2
-    exclusive) to normalized float32 ones, computed in float64. `shape` starts with (H, W)."""
-    tensor, was_numpy = _as_tensor(boxes)
-    return _like_input(boxes_ops.norm_boxes(tensor, _image_hw(shape), torch.float64), was_numpy)
-
-
-def denorm_boxes(boxes, shape):
-    """Matterport's `utils.denorm_boxes` for numpy or torch: normalized boxes to int32 pixel
-    boxes, computed in float64, rounding half to even."""
-    tensor, was_numpy = _as_tensor(boxes)
-    return _like_input(boxes_ops.denorm_boxes(tensor, _image_hw(shape), torch.float64),
-                       was_numpy)
-
-
-def _image_hw(shape):
-    return [int(v) for v in shape[:2]]
 
 
 def _resize_plan(height, width, min_dim, max_dim, min_scale, mode):
