@@ -12,7 +12,8 @@ import stat
 import cv2
 import numpy as np
 
-from mrcnn.images import ImageLoadError, to_rgb_uint8
+from mrcnn.images import DEFAULT_MAX_PIXELS, ImageLoadError, to_rgb_uint8
+from mrcnn.molding import ImageSizeError, molded_shape
 from preprocess.image_headers import declared_size
 
 # OpenCV applies the EXIF orientation for every flag combination except exactly
@@ -20,9 +21,10 @@ from preprocess.image_headers import declared_size
 # 16-bit samples (instead of OpenCV's own >> 8) and ANYCOLOR keeps grayscale single-channel and
 # drops alpha.
 _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
-# 2^27 = 134 million pixels (e.g. 16384 x 8192, or a 100-megapixel photo). Decoding and the RGB
-# copy then take about 800 MB; OpenCV's own limit is 2^30.
-DEFAULT_MAX_PIXELS = 2 ** 27
+# What an image that cannot be processed raises: unreadable or too large (ImageLoadError), too
+# thin for the resize mode (ImageSizeError), a file error (OSError). The commands report such an
+# image, skip it and go on with the others.
+IMAGE_ERRORS = (ImageLoadError, ImageSizeError, OSError)
 
 
 class ImageTooLargeError(ImageLoadError):
@@ -95,6 +97,16 @@ def check_pixel_budget(shape, max_pixels, name="image"):
             f"{name}: {width}x{height} pixels ({height * width:,}) is more than the limit of "
             f"{max_pixels:,} (a decompression bomb?); if the image is genuine, raise the limit "
             "(--max-pixels)")
+
+
+def check_resizable(shape, config, name="image"):
+    """Raises ImageSizeError naming the image when config's resize mode would scale an image of
+    `shape` (H, W, ...) to nothing along one side (such as 2x100000 pixels into a 1024 square):
+    checked image by image before a batch would fail on it."""
+    try:
+        molded_shape(shape, config)
+    except ImageSizeError as error:
+        raise ImageSizeError(f"{name}: {error}") from None
 
 
 def _read_file(path, name):
