@@ -96,6 +96,28 @@ def add_max_pixels_argument(parser):
     return parser
 
 
+def add_dataset_check_arguments(parser):
+    """Adds how a COCO dataset is checked: --strict, --allow-external-images and --max-pixels.
+    dataset_options(args) gives them as CocoDataset keyword arguments."""
+    parser.add_argument(
+        "--strict", action="store_true",
+        help="refuse an annotation file with boxes or polygons past their image or unusable "
+             "annotations (unreadable, degenerate, empty), instead of clipping and skipping "
+             "them with a warning that counts them")
+    parser.add_argument(
+        "--allow-external-images", action="store_true",
+        help="let image file_names of the annotation file be absolute or lead out of the image "
+             "folder with '..' (refused by default)")
+    add_max_pixels_argument(parser)
+    return parser
+
+
+def dataset_options(args):
+    """The CocoDataset keyword arguments of add_dataset_check_arguments' options."""
+    return {"strict": args.strict, "max_pixels": args.max_pixels,
+            "allow_external_paths": args.allow_external_images}
+
+
 def _pixel_budget(text):
     try:
         value = int(text)
