@@ -200,7 +200,8 @@ def test_end_to_end_with_the_reference_weights(tmp_path, reference_weights,
 
     # Bad inputs, in the same batches as the good image: each is reported and skipped.
     broken = touch(tmp_path / "in" / "broken.jpg", b"\xff\xd8 not really a jpeg")
-    thin = touch(tmp_path / "in" / "thin.png", cv2.imencode(".png", np.zeros((2, 3000), np.uint8))[1])
+    thin = touch(tmp_path / "in" / "thin.png",
+                 cv2.imencode(".png", np.zeros((2, 3000), np.uint8))[1])
     bomb = touch(tmp_path / "in" / "bomb.png", png_bomb(24000))
     out = tmp_path / "out"
     status = demo.main([str(broken), str(image_path), str(thin), str(bomb),
