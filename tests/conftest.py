@@ -20,7 +20,8 @@ def device(request):
 
 @pytest.fixture(scope="session")
 def reference_weights(request):
-    """The public_r50_256 Keras reference weights (.h5), regenerated once into pytest's cache."""
+    """The public_r50_256 Keras reference weights (.h5), regenerated once into pytest's cache by
+    convert_weights.synthetic (safe when pytest-xdist workers ask for it at the same time)."""
     from tests.reference import ReferenceCase
 
     return ReferenceCase("public_r50_256").weights(request.config.cache.mkdir("reference-weights"))

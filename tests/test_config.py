@@ -3,8 +3,9 @@ import json
 import pytest
 
 from mrcnn.config import Config, CocoConfig
+from tests.reference import PUBLIC_CASE
 
-REFERENCE_CONFIG = "../shared/reference/public_r50_256/config.json"
+REFERENCE_CONFIG = PUBLIC_CASE / "config.json"
 
 
 def test_matterport_defaults_and_derived_values():

@@ -15,11 +15,12 @@ import demo
 from mrcnn import cli, weights
 from mrcnn.config import Config
 from postprocess.visualize import draw_instances
+from tests.reference import PUBLIC_CASE
 from tests.test_cli import closed_port_url
 from tests.test_image_limits import png_bomb
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = Path("../shared/reference/public_r50_256")
+REFERENCE = PUBLIC_CASE
 
 
 def touch(path, data=b"x"):

@@ -2,7 +2,6 @@
 reference), the box drawing primitives (against hand-computed pixels) and the command end to end
 with the reference weights."""
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,8 +19,9 @@ from postprocess import inspect
 from postprocess.visualize import (draw_boxes, draw_caption, instance_colors, score_colors,
                                    write_png)
 from mrcnn.molding import resize_image
+from tests.reference import PUBLIC_CASE
 
-REFERENCE = Path("../shared/reference/public_r50_256")
+REFERENCE = PUBLIC_CASE
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
 

@@ -1,4 +1,4 @@
-"""The port against the Keras reference (../shared/reference/public_r50_256).
+"""The port against the Keras reference (tests/data/reference/public_r50_256).
 
 Stage by stage (each stage fed the reference's own inputs) and end to end, within the tolerances
 the reference README gives as achievable for a float32 port.
