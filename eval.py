@@ -127,7 +127,7 @@ def main(argv=None):
         except (OSError, ValueError, KeyError, CliError) as error:
             # OSError: missing or unreadable files; ValueError: DatasetError, WeightsError and
             # bad settings; KeyError: unknown Config fields; CliError: the ops are not built.
-            parser.exit(2, f"{parser.prog}: error: {_message(error)}\n")
+            parser.exit(2, f"{parser.prog}: error: {error_message(error)}\n")
         try:
             summary = coco_eval.evaluate(
                 model, dataset, limit=args.limit, batch_size=args.batch_size,
@@ -252,11 +252,6 @@ def _warn_about_class_names(config, dataset):
                           for index, ours, theirs in differing[:3])
         print(f"warning: {len(differing)} class names of the config differ from the dataset's "
               f"categories ({shown}); is the model trained on these labels?", file=sys.stderr)
-
-
-def _message(error):
-    # A KeyError's str() is the repr of its message.
-    return error.args[0] if isinstance(error, KeyError) and error.args else str(error)
 
 
 if __name__ == "__main__":

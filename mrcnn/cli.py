@@ -79,9 +79,12 @@ def reports_errors(main):
 
 
 def error_message(error):
-    """One readable line for an exception (OSError's '[Errno 2] ...' becomes 'message: path')."""
+    """One readable line for an exception: OSError's '[Errno 2] ...' becomes 'message: path',
+    and a KeyError gives its message, not the message's repr."""
     if isinstance(error, OSError) and error.strerror and error.filename:
         return f"{error.strerror}: {error.filename}"
+    if isinstance(error, KeyError) and error.args:
+        return str(error.args[0])
     return str(error)
 
 
