@@ -60,7 +60,7 @@ def convert_file(input_path, output_path, config_path=None, backbone=None, num_c
         raise ValueError("OUT.pth must differ from IN.h5")
     keras_weights = read_keras_weights(input_path, progress=True,
                                        allow_nonfinite=allow_nonfinite)
-    config = _config(keras_weights, config_path, backbone, num_classes)
+    config = _config(keras_weights, config_path, backbone, num_classes, input_path)
     model = MaskScoringRCNN(config)
     try:
         state = load_keras_weights(model, keras_weights)
@@ -79,7 +79,7 @@ def convert_file(input_path, output_path, config_path=None, backbone=None, num_c
             "its initialisation")
 
 
-def _config(keras_weights, config_path, backbone, num_classes):
+def _config(keras_weights, config_path, backbone, num_classes, path):
     """The Config from --config and the overrides; fields not given come from the file."""
     overrides = {field: value for field, value in (("BACKBONE", backbone),
                                                    ("NUM_CLASSES", num_classes))
@@ -91,7 +91,7 @@ def _config(keras_weights, config_path, backbone, num_classes):
         if field in overrides:
             continue
         if from_file[field] is None:
-            raise WeightsError(f"cannot tell {field} from the file; pass {option} or --config")
+            raise WeightsError(f"cannot tell {field} from {path}; pass {option} or --config")
         overrides[field] = from_file[field]
     return Config(**overrides)
 
