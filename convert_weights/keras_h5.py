@@ -64,10 +64,15 @@ def read_keras_weights(path, progress=False, arrays=True, allow_nonfinite=False)
                                            "ambiguous")
                     params[param] = (_read_dataset(dataset, path, f"{layer}/{param}",
                                                    allow_nonfinite) if arrays else dataset.shape)
-        except (OSError, KeyError, RuntimeError, TypeError, UnicodeDecodeError) as error:
-            # h5py's errors for damaged structures: missing objects, unreadable metadata.
+        except WeightsError:
+            raise
+        except (OSError, KeyError, RuntimeError, TypeError, ValueError, SystemError) as error:
+            # h5py's errors for damaged structures: missing objects, unreadable metadata, types
+            # numpy has no dtype for, names that are not UTF-8 (a SystemError when met while
+            # visiting the file's links).
             raise WeightsError(f"{path}: the HDF5 file cannot be read as Keras weights; it is "
-                               f"probably damaged. HDF5 says: {error}") from None
+                               f"probably damaged. HDF5 says: {error.__cause__ or error}") \
+                from None
     return weights
 
 
@@ -154,6 +159,7 @@ def _read_dataset(dataset, path, weight, allow_nonfinite):
     if not np.issubdtype(array.dtype, np.floating):
         raise WeightsError(f"{path}: dataset {dataset.name} holds {array.dtype}, not "
                            "floating-point weights")
+    array = array.astype(array.dtype.newbyteorder("="), copy=False)  # torch takes native only
     if not allow_nonfinite:
         check_finite(array, f"{path}: weight {weight} (dataset {dataset.name})")
     return array
