@@ -184,7 +184,7 @@ def mutate_json(rng, data):
         return f"{kind}: duplicated an entry"
     if action == 3:
         nested = rng.choice([[], {}, 0])
-        for _ in range(rng.choice([10, 500, 5000])):
+        for _ in range(rng.choice([10, 200, 800])):  # deeper: mutate_json_text
             nested = [nested]
         entry[key] = nested
         return f"{kind}: {key} nested deeply"
