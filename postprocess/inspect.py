@@ -14,7 +14,8 @@ from mrcnn.boxes import apply_box_deltas, denorm_boxes, norm_boxes
 from mrcnn.cli import (CliError, add_model_arguments, build_config, drawable, error_message,
                        load_model, reports_errors, resolve_device)
 from mrcnn.config import backbone_shapes
-from preprocess.coco import CocoDataset, DatasetError, coco_layout
+from preprocess import coco
+from preprocess.coco import DatasetError, coco_layout
 from preprocess.images import ImageLoadError, load_image
 from preprocess.masks import expand_mask
 from mrcnn.molding import mold_inputs
@@ -477,7 +478,8 @@ def check_arguments(args, parser):
 
 def open_dataset(directory, split):
     try:
-        return CocoDataset(*coco_layout(directory, split))
+        return coco.open_dataset(*coco_layout(directory, split),
+                                 lambda line: print(f"warning: {line}", file=sys.stderr))
     except DatasetError as error:
         raise CliError(str(error)) from None
 
