@@ -10,6 +10,7 @@ bad case; --record appends the table to benchmarks/RESULTS.md. Exit status 1 whe
 bad. On a 2-core machine 300 cases take several minutes (the model runs on the valid images).
 """
 import argparse
+import os
 import random
 import sys
 import tempfile
@@ -42,6 +43,7 @@ def main(argv=None):
     rng.shuffle(commands)
     counts = {command: Counter() for command in SHARES}
     bad = []
+    load_before = os.getloadavg()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         base = Base(Path(folder) / "base")
@@ -63,7 +65,9 @@ def main(argv=None):
     rows.append(["all", len(commands)] + [sum(counts[c][o] for c in SHARES) for o in OUTCOMES])
     table = markdown_table(["command", "cases"] + list(OUTCOMES), rows)
     notes = [f"{len(commands)} cases (seed {args.seed}) in {minutes:.1f} min; bad outcomes "
-             f"(neither ok nor a clean error naming the file): {len(bad)}."]
+             f"(neither ok nor a clean error naming the file): {len(bad)}. Load average "
+             f"(1/5/15 min) before: {'/'.join(f'{v:.1f}' for v in load_before)}, after: "
+             f"{'/'.join(f'{v:.1f}' for v in os.getloadavg())}."]
     notes += [f"- case {number} ({command}, {mutation}): {outcome}: {detail[-300:]!r}"
               for number, command, mutation, outcome, detail in bad]
     if args.record:
