@@ -67,7 +67,8 @@ def main(argv=None):
     notes = [f"{len(commands)} cases (seed {args.seed}) in {minutes:.1f} min; bad outcomes "
              f"(neither ok nor a clean error naming the file): {len(bad)}. Load average "
              f"(1/5/15 min) before: {'/'.join(f'{v:.1f}' for v in load_before)}, after: "
-             f"{'/'.join(f'{v:.1f}' for v in os.getloadavg())}."]
+             f"{'/'.join(f'{v:.1f}' for v in os.getloadavg())}. The cases run one by one in a "
+             "worker process with one torch thread (tests/fuzz_inputs.py)."]
     notes += [f"- case {number} ({command}, {mutation}): {outcome}: {detail[-300:]!r}"
               for number, command, mutation, outcome, detail in bad]
     if args.record:
