@@ -14,7 +14,8 @@ from mrcnn.boxes import apply_box_deltas, denorm_boxes
 from mrcnn.cli import (CliError, add_model_arguments, build_config, drawable, error_message,
                        load_model, reports_errors, resolve_device)
 from mrcnn.config import backbone_shapes
-from preprocess.coco import CocoDataset, DatasetError, coco_layout
+from preprocess import coco
+from preprocess.coco import DatasetError, coco_layout
 from preprocess.images import ImageLoadError, load_image
 from preprocess.masks import expand_mask
 from preprocess.training_data import LOAD_ERRORS, collate, load_image_gt
@@ -445,7 +446,8 @@ def check_arguments(args, parser):
 
 def open_dataset(directory, split):
     try:
-        return CocoDataset(*coco_layout(directory, split))
+        return coco.open_dataset(*coco_layout(directory, split),
+                                 lambda line: print(f"warning: {line}", file=sys.stderr))
     except DatasetError as error:
         raise CliError(str(error)) from None
 
@@ -467,7 +469,7 @@ def read_dataset_image(dataset, index):
         return dataset.load_image(index)
     except FileNotFoundError:
         raise
-    except (DatasetError, OSError) as error:
+    except (DatasetError, ImageLoadError, OSError) as error:
         raise CliError(error_message(error)) from None
 
 

@@ -365,9 +365,9 @@ def test_a_broken_dataset_image_is_reported(tmp_path, capsys, shapes):
     (copy / "val" / "000001.png").write_bytes(b"garbage")
     (copy / "val" / "000002.png").unlink()
     status, _, err = run(["--dataset", copy, "--split", "val", "--image-id", 1], capsys)
-    assert status == 1 and "000001.png is not a readable image" in err
+    assert status == 1 and "000001.png: not a readable image" in err
     status, _, err = run(["--dataset", copy, "--split", "val", "--image-id", 2], capsys)
-    assert status == 1 and "000002.png" in err and "No such file" in err
+    assert status == 1 and "000002.png" in err and "image file not found" in err
 
 
 # Ground truth and training targets.
