@@ -27,7 +27,7 @@ import torch  # noqa: E402
 import train  # noqa: E402
 from benchmarks.common import markdown_table, record  # noqa: E402
 from mrcnn.config import Config  # noqa: E402
-from mrcnn.model import MaskScoringRCNN  # noqa: E402
+from mrcnn.detector import MaskScoringRCNN  # noqa: E402
 from postprocess import coco_eval  # noqa: E402
 from preprocess.coco import CocoDataset, coco_layout  # noqa: E402
 from preprocess.synthetic import write_dataset  # noqa: E402

@@ -1,18 +1,19 @@
 """python -m convert_weights IN.h5 OUT.pth: Matterport Keras weights -> mrcnn checkpoint."""
 import argparse
-import os
 import sys
-import warnings
 
-from convert_weights.checkpoint import (MASKIOU_PREFIX, MaskIoUHeadNotInFileWarning,
-                                        load_keras_weights, save_weights)
-from convert_weights.convert import describe, weight_shapes
-from convert_weights.keras_h5 import WeightsError, read_keras_weights
-from mrcnn.config import BACKBONES, Config
+from convert_weights.reader import convert_file
+from mrcnn.cli import error_message
+from mrcnn.config import BACKBONES
+from mrcnn.weights import WeightsError
 
 DESCRIPTION = """\
 Converts a Matterport Mask R-CNN Keras weights file (.h5, e.g. mask_rcnn_coco.h5) into an mrcnn
 checkpoint (.pth) that MaskScoringRCNN.load_weights reads, together with the model's config.
+
+NaN or infinite weights are an error naming the weight (--allow-nonfinite converts them), and so
+is a file that links to other files (external links or datasets). Every file error is one line
+naming the file.
 
 The model is built from --config, or from Matterport's default Config with --backbone and
 --num-classes; what is not given is read from the file (the number of res4 blocks tells the
@@ -43,61 +44,19 @@ def build_parser():
     parser.add_argument("--num-classes", type=int, metavar="N",
                         help="overrides NUM_CLASSES, background included, e.g. 81 for COCO "
                              "(default: the config's, else read from the file)")
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="convert weights that hold NaN or infinite values (by default an "
+                             "error naming the first such weight)")
     return parser
-
-
-def convert_file(input_path, output_path, config_path=None, backbone=None, num_classes=None):
-    """Converts IN.h5 into OUT.pth for the model the options describe; returns a summary line."""
-    output_dir = os.path.dirname(os.path.abspath(output_path))
-    if not os.path.isdir(output_dir):
-        raise FileNotFoundError(f"the output directory does not exist: {output_dir}")
-    if os.path.abspath(output_path) == os.path.abspath(input_path):
-        raise ValueError("OUT.pth must differ from IN.h5")
-    keras_weights = read_keras_weights(input_path, progress=True)
-    config = _config(keras_weights, config_path, backbone, num_classes)
-
-    from mrcnn.model import MaskScoringRCNN  # the network is optional for the rest of the package
-
-    model = MaskScoringRCNN(config)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MaskIoUHeadNotInFileWarning)  # the summary says it
-        try:
-            state = load_keras_weights(model, keras_weights)
-        except WeightsError as error:
-            raise WeightsError(f"{input_path}: {error}") from None
-    save_weights(model, config, output_path)
-    maskiou = sum(p.numel() for name, p in model.named_parameters()
-                  if name.startswith(MASKIOU_PREFIX))
-    return (f"{input_path} -> {output_path}: {len(model.keras_layers())} layers, "
-            f"{sum(t.numel() for t in state.values()):,} parameters ({config.BACKBONE}, "
-            f"{config.NUM_CLASSES} classes); the MaskIoU head ({maskiou:,} parameters) keeps "
-            "its initialisation")
-
-
-def _config(keras_weights, config_path, backbone, num_classes):
-    """The Config from --config and the overrides; fields not given come from the file."""
-    overrides = {field: value for field, value in (("BACKBONE", backbone),
-                                                   ("NUM_CLASSES", num_classes))
-                 if value is not None}
-    if config_path is not None:
-        return Config.from_json(config_path, **overrides)
-    from_file = describe(weight_shapes(keras_weights))
-    for field, option in (("BACKBONE", "--backbone"), ("NUM_CLASSES", "--num-classes")):
-        if field in overrides:
-            continue
-        if from_file[field] is None:
-            raise WeightsError(f"cannot tell {field} from the file; pass {option} or --config")
-        overrides[field] = from_file[field]
-    return Config(**overrides)
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        print(convert_file(args.input, args.output, args.config, args.backbone, args.num_classes))
-    except (WeightsError, FileNotFoundError, KeyError, ValueError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"error: {message}", file=sys.stderr)
+        print(convert_file(args.input, args.output, args.config, args.backbone, args.num_classes,
+                           allow_nonfinite=args.allow_nonfinite))
+    except (WeightsError, OSError, KeyError, ValueError) as error:
+        print(f"error: {error_message(error)}", file=sys.stderr)
         return 1
     return 0
 

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from convert_weights.keras_h5 import WeightsError, strip_dedup_suffix
+from convert_weights.keras_h5 import strip_dedup_suffix
+from mrcnn.weights import LIST_LIMIT, WeightsError, mismatch_report
 
 KERAS_BN_EPS = 1e-3
 
@@ -35,7 +36,6 @@ PARAM_MAPS = (
 RES4_BLOCK = re.compile(r"^res4([a-z]+)_branch2a$")
 BACKBONE_BY_RES4_BLOCKS = {6: "resnet50", 23: "resnet101"}
 HEAD_PREFIXES = ("fpn_", "rpn_", "mrcnn_")
-LIST_LIMIT = 12
 
 
 def convert(keras_weights, layers):
@@ -93,7 +93,7 @@ def weight_shapes(keras_weights):
             for name, params in keras_weights.items()}
 
 
-def describe(shapes):
+def describe_shapes(shapes):
     """The BACKBONE and NUM_CLASSES a Mask R-CNN weight set was made for.
 
     shapes: {layer: {param: Keras-layout shape}}, e.g. weight_shapes(read_keras_weights(path)).
@@ -154,20 +154,8 @@ def _to_torch(array, permutation):
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
-def mismatch_report(headline, problems, reasons=()):
-    """`headline`, the likely `reasons`, then each non-empty {title: [item]} list, one per line."""
-    lines = [headline] + [f"  {reason}" for reason in reasons]
-    for title, items in problems.items():
-        if items:
-            lines.append(f"  {title} ({len(items)}):")
-            lines += [f"    {item}" for item in items[:LIST_LIMIT]]
-            if len(items) > LIST_LIMIT:
-                lines.append(f"    ... and {len(items) - LIST_LIMIT} more")
-    return "\n".join(lines)
-
-
 def _likely_reasons(file_shapes, model_shapes):
-    file_says, model_says = describe(file_shapes), describe(model_shapes)
+    file_says, model_says = describe_shapes(file_shapes), describe_shapes(model_shapes)
     reasons = []
     if file_says["BACKBONE"] and not any(name.startswith(HEAD_PREFIXES) for name in file_shapes):
         reasons.append("the file holds only a ResNet backbone (such as Keras's ImageNet "

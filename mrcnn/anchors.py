@@ -2,6 +2,7 @@
 import numpy as np
 import torch
 
+from mrcnn.boxes import norm_boxes
 from mrcnn.config import backbone_shapes
 
 
@@ -35,10 +36,7 @@ def pyramid_pixel_anchors(config, image_hw):
 
 def pyramid_anchors(config, image_hw):
     """Normalised float32 anchors [A, 4] for a molded image of size image_hw, levels P2..P6."""
-    pixels = pyramid_pixel_anchors(config, image_hw)
-    height, width = image_hw
-    scale = np.array([height - 1, width - 1, height - 1, width - 1], dtype=np.float64)
-    return ((pixels - np.array([0.0, 0.0, 1.0, 1.0])) / scale).astype(np.float32)
+    return norm_boxes(pyramid_pixel_anchors(config, image_hw), image_hw, torch.float64)
 
 
 class AnchorCache:

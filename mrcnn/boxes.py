@@ -4,6 +4,7 @@ Normalised boxes use the (H-1) convention: pixel (y1, x1, y2, x2) with exclusive
 (y1/(H-1), x1/(W-1), (y2-1)/(H-1), (x2-1)/(W-1)). Everything here keeps the operation order of
 the Keras graph, because the port must match it to float32 rounding.
 """
+import numpy as np
 import torch
 
 
@@ -40,16 +41,40 @@ def norm_boxes(boxes, image_hw, compute_dtype=torch.float32):
 
     (y1, x1, y2 - 1, x2 - 1) / (H - 1, W - 1, H - 1, W - 1) evaluated in `compute_dtype`: float32
     is the graph's norm_boxes_graph, float64 Matterport's numpy utils.norm_boxes.
+    boxes: a tensor or a numpy array (the result is of the same kind).
     image_hw: (H, W) as numbers or a tensor[..., 2] broadcastable against boxes.
     """
-    scale, shift = _pixel_scale_shift(image_hw, compute_dtype, boxes.device)
-    return ((boxes.to(compute_dtype) - shift) / scale).to(torch.float32)
+    tensor = _as_tensor(boxes)
+    scale, shift = _pixel_scale_shift(image_hw, compute_dtype, tensor.device)
+    return _like(boxes, ((tensor.to(compute_dtype) - shift) / scale).to(torch.float32))
 
 
 def denorm_boxes(boxes, image_hw, compute_dtype=torch.float32):
-    """Normalised boxes[..., 4] -> int32 pixel boxes, rounding half to even (inverse of norm_boxes)."""
-    scale, shift = _pixel_scale_shift(image_hw, compute_dtype, boxes.device)
-    return torch.round(boxes.to(compute_dtype) * scale + shift).to(torch.int32)
+    """Normalised boxes[..., 4] -> int32 pixel boxes, rounding half to even (inverse of norm_boxes).
+
+    boxes: a tensor or a numpy array (the result is of the same kind)."""
+    tensor = _as_tensor(boxes)
+    return _like(boxes, torch.round(pixel_boxes(tensor, image_hw, compute_dtype)).to(torch.int32))
+
+
+def pixel_boxes(boxes, image_hw, compute_dtype=torch.float32):
+    """Normalised boxes[..., 4] -> unrounded pixel boxes in `compute_dtype` (y2, x2 exclusive).
+
+    (y1, x1, y2, x2) * (H - 1, W - 1, H - 1, W - 1) + (0, 0, 1, 1): the box in continuous
+    coordinates where pixel (i, j) covers [i, i + 1) x [j, j + 1), the frame of RoIAlign.
+    boxes: a tensor or a numpy array (the result is of the same kind).
+    """
+    tensor = _as_tensor(boxes)
+    scale, shift = _pixel_scale_shift(image_hw, compute_dtype, tensor.device)
+    return _like(boxes, tensor.to(compute_dtype) * scale + shift)
+
+
+def _as_tensor(boxes):
+    return boxes if torch.is_tensor(boxes) else torch.from_numpy(np.asarray(boxes))
+
+
+def _like(boxes, result):
+    return result if torch.is_tensor(boxes) else result.numpy()
 
 
 def _pixel_scale_shift(image_hw, dtype, device):

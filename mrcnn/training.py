@@ -1,22 +1,15 @@
 """The training graph: Matterport's Mask R-CNN training losses plus Mask Scoring R-CNN's MaskIoU
 loss, computed from the inference model's stage methods; layer groups and the L2 term."""
-import copy
-import os
 import re
-import warnings
 
 import torch
 from torch import nn
 
-from convert_weights import describe, load_weights, read_keras_weights, weight_shapes
-from convert_weights.checkpoint import read_checkpoint
-from convert_weights.keras_h5 import is_hdf5
 from mrcnn.anchors import pyramid_pixel_anchors
 from mrcnn.boxes import norm_boxes
 from mrcnn.layers import BatchNorm2d
 from mrcnn.losses import (l2_regularization, maskiou_loss, mrcnn_bbox_loss, mrcnn_class_loss,
                           mrcnn_mask_loss, rpn_bbox_loss, rpn_class_loss)
-from mrcnn.model import MaskScoringRCNN
 from mrcnn.targets import detection_targets, maskiou_targets, rpn_targets
 
 # Matterport's layer groups (MaskRCNN.train), as full matches of Keras layer names, plus
@@ -32,21 +25,9 @@ LAYER_GROUPS = {
     "maskiou": r"mrcnn\_maskiou.*",
 }
 
-# Layers whose shapes depend on NUM_CLASSES: fine-tuning from weights of another class count
-# re-initialises them.
-CLASS_LAYERS = ("mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_mask", "mrcnn_maskiou")
-
 # Loss components in the order they are logged; the total adds them with their weights.
 LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss",
               "mrcnn_mask_loss", "maskiou_loss", "l2_loss")
-
-
-def named_layers(model):
-    """Layer name -> module for every layer with weights: the Keras names of model.keras_layers()
-    and mrcnn_maskiou_conv1..4, mrcnn_maskiou_fc1, mrcnn_maskiou_fc2, mrcnn_maskiou."""
-    layers = dict(model.keras_layers())
-    layers.update(model.maskiou_head.layer_names())
-    return layers
 
 
 def set_trainable(model, layers):
@@ -58,7 +39,7 @@ def set_trainable(model, layers):
     except re.error as error:
         raise ValueError(f"layers must be one of {sorted(LAYER_GROUPS)} or a regular "
                          f"expression; {layers!r} is neither ({error})") from None
-    named = named_layers(model)
+    named = model.named_layers()
     covered = {id(p) for module in named.values() for p in module.parameters()}
     missed = [name for name, p in model.named_parameters() if id(p) not in covered]
     if missed:
@@ -73,51 +54,6 @@ def set_trainable(model, layers):
     if not trained:
         raise ValueError(f"layers {layers!r} matches no layer of the model")
     return trained
-
-
-def weights_class_count(path):
-    """NUM_CLASSES of a Matterport .h5 or an mrcnn .pth (None when the file does not tell)."""
-    if is_hdf5(path):
-        return describe(weight_shapes(read_keras_weights(path)))["NUM_CLASSES"]
-    return read_checkpoint(path)["config"].get("NUM_CLASSES")
-
-
-def load_pretrained(model, path, log=print):
-    """Loads weights to fine-tune from: a Matterport .h5 or an mrcnn .pth.
-
-    Weights of the same class count load strictly (convert_weights.load_weights). Weights of
-    another class count load into everything but CLASS_LAYERS, which keep their fresh
-    initialisation; `log` says so. Any other mismatch (backbone depth, head sizes) is an error.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
-    file_classes = weights_class_count(path)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if file_classes in (None, model.config.NUM_CLASSES):
-            load_weights(model, path)
-        else:
-            load_other_class_count(model, path, file_classes)
-            log(f"{path} was trained for {file_classes} classes and the model has "
-                f"{model.config.NUM_CLASSES}: {', '.join(CLASS_LAYERS)} keep their fresh "
-                "initialisation")
-    for warning in caught:
-        log(f"note: {warning.message}")
-
-
-def load_other_class_count(model, path, file_classes):
-    """Loads weights made for `file_classes` classes into all but the model's CLASS_LAYERS."""
-    donor_config = copy.deepcopy(model.config)
-    donor_config.update(NUM_CLASSES=file_classes, CLASS_NAMES=None)
-    donor = MaskScoringRCNN(donor_config)
-    load_weights(donor, path)
-    module_paths = {id(module): name for name, module in model.named_modules()}
-    fresh = tuple(module_paths[id(named_layers(model)[layer])] + "." for layer in CLASS_LAYERS)
-    # A MaskIoU head with a fresh last layer is untrained, whatever the file's head was.
-    state = {name: tensor for name, tensor in donor.state_dict().items()
-             if not name.startswith(fresh) and name != "maskiou_head.trained"}
-    model.load_state_dict(state, strict=False)
 
 
 def regularized_parameters(model):

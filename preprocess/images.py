@@ -1,45 +1,62 @@
-"""Image decoding and conversion to the uint8 RGB arrays the model expects.
+"""Image decoding into the uint8 RGB arrays the model expects (see mrcnn.images for the
+conversion rules: gray repeated, alpha dropped, 16-bit rounded to 8).
 
-Every image reaches the model as an `[H, W, 3]` uint8 RGB array, as Matterport's
-`Dataset.load_image` gives it: grayscale is repeated into three channels and an alpha channel is
-dropped (not composited). 16-bit samples map to the nearest 8-bit level, `round(v / 257)`, which
-is exact for images that were scaled up from 8 bits (v = 257 * k) and sends 65535 to 255.
+Images larger than a pixel budget (`max_pixels`, DEFAULT_MAX_PIXELS unless raised) are refused
+from the size their header declares, before any pixel is decoded, so that a decompression bomb
+(a small file declaring a huge image) costs nothing.
 """
 import errno
 import os
+import stat
 
 import cv2
 import numpy as np
+
+from mrcnn.images import DEFAULT_MAX_PIXELS, ImageLoadError, to_rgb_uint8
+from mrcnn.molding import ImageSizeError, molded_shape
+from preprocess.image_headers import declared_size
 
 # OpenCV applies the EXIF orientation for every flag combination except exactly
 # IMREAD_UNCHANGED, so UNCHANGED (the only flag that keeps alpha) is not an option. ANYDEPTH keeps
 # 16-bit samples (instead of OpenCV's own >> 8) and ANYCOLOR keeps grayscale single-channel and
 # drops alpha.
 _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+# What an image that cannot be processed raises: unreadable or too large (ImageLoadError), too
+# thin for the resize mode (ImageSizeError), a file error (OSError). The commands report such an
+# image, skip it and go on with the others.
+IMAGE_ERRORS = (ImageLoadError, ImageSizeError, OSError)
 
 
-class ImageLoadError(ValueError):
-    """An image file or array that cannot be turned into a uint8 RGB image."""
+class ImageTooLargeError(ImageLoadError):
+    """An image with more pixels than the budget (max_pixels) allows."""
 
 
-def load_image(source, name=None):
+def load_image(source, name=None, max_pixels=DEFAULT_MAX_PIXELS, orientation=True):
     """Reads an image as a uint8 RGB array.
 
     Args:
         source: a path (str or os.PathLike), the encoded file contents (bytes, bytearray,
-            memoryview), or an already decoded numpy array (passed to `to_rgb_uint8`).
-            Files are decoded by OpenCV: JPEG, PNG, BMP, TIFF and the other formats it reads.
-            The EXIF orientation is applied. OpenCV returns TIFFs with an alpha channel
-            premultiplied by alpha (composited over black), unlike other formats.
+            memoryview), or an already decoded numpy array (passed to `to_rgb_uint8`, whatever
+            its size). Files are decoded by OpenCV: JPEG, PNG, BMP, TIFF and the other formats
+            it reads. OpenCV returns TIFFs with an alpha channel premultiplied by alpha
+            (composited over black), unlike other formats.
         name: how error messages call the image; defaults to the path, or "<bytes>".
+        max_pixels: refuse images of more pixels (height x width) than this; None for no limit
+            but OpenCV's own (2^30). The size is read from the file's header before decoding
+            (see preprocess.image_headers; formats it does not know are checked once decoded).
+        orientation: apply the EXIF orientation (False: keep the stored pixels, to which COCO
+            annotations refer).
 
     Returns:
         [H, W, 3] uint8 RGB array.
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ImageLoadError (a ValueError): empty file, a directory, undecodable or corrupt data, or
-            an unsupported pixel type; the message names the image.
+        ImageTooLargeError (an ImageLoadError): more than max_pixels pixels.
+        ImageLoadError (a ValueError): empty file, a directory or other non-regular file,
+            undecodable or corrupt data, or an unsupported pixel type; the message names the
+            image.
+        OSError: the file cannot be read (e.g. no permission); its filename is set.
     """
     if isinstance(source, np.ndarray):
         return to_rgb_uint8(source, name or "image array")
@@ -54,63 +71,53 @@ def load_image(source, name=None):
                         f"got {type(source).__name__}")
     if not data:
         raise ImageLoadError(f"{name}: the file is empty")
+    size = declared_size(data)
+    if size is not None:
+        check_pixel_budget(size, max_pixels, name)
+    flags = _DECODE_FLAGS if orientation else _DECODE_FLAGS | cv2.IMREAD_IGNORE_ORIENTATION
     try:
-        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS)
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as error:
         raise ImageLoadError(f"{name}: OpenCV could not decode it ({error})") from None
     if decoded is None:
         raise ImageLoadError(f"{name}: not a readable image (corrupt or truncated data, or not an "
                              "image format OpenCV decodes, such as JPEG, PNG, BMP or TIFF)")
+    check_pixel_budget(decoded.shape, max_pixels, name)
     if decoded.ndim == 3:
         decoded = decoded[..., ::-1]  # OpenCV decodes colour as BGR
     return to_rgb_uint8(decoded, name)
 
 
-def to_rgb_uint8(image, name="image"):
-    """Converts a decoded image array to a contiguous [H, W, 3] uint8 RGB array.
+def check_pixel_budget(shape, max_pixels, name="image"):
+    """Raises ImageTooLargeError when an image of `shape` (H, W, ...) has more than
+    `max_pixels` pixels (None: no limit)."""
+    height, width = (int(v) for v in shape[:2])
+    if max_pixels is not None and height * width > max_pixels:
+        raise ImageTooLargeError(
+            f"{name}: {width}x{height} pixels ({height * width:,}) is more than the limit of "
+            f"{max_pixels:,} (a decompression bomb?); if the image is genuine, raise the limit "
+            "(--max-pixels)")
 
-    Args:
-        image: numpy array [H, W] (gray), [H, W, 1] (gray), [H, W, 2] (gray + alpha),
-            [H, W, 3] (RGB) or [H, W, 4] (RGBA); uint8, or uint16 (mapped to round(v / 257)).
-            Colour arrays are taken to be RGB(A), as skimage.io and PIL return them.
-        name: how error messages call the image.
 
-    Returns:
-        [H, W, 3] uint8 RGB array (the input itself when it already is one and contiguous).
-
-    Raises:
-        ImageLoadError: another dtype (float images are refused because their range, 0-1 or
-            0-255, is ambiguous), another shape, or an empty image.
-    """
-    if not isinstance(image, np.ndarray):
-        raise ImageLoadError(f"{name}: expected a numpy array, got {type(image).__name__}")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
-        raise ImageLoadError(f"{name}: expected an image of shape [H, W] or [H, W, C] with C in "
-                             f"1..4, got shape {list(image.shape)}")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ImageLoadError(f"{name}: the image is empty (shape {list(image.shape)})")
-    if image.dtype not in (np.uint8, np.uint16):
-        hint = (" (float images are ambiguous, 0-1 or 0-255: convert them to uint8 first)"
-                if np.issubdtype(image.dtype, np.floating) else "")
-        raise ImageLoadError(f"{name}: unsupported pixel type {image.dtype}; expected uint8 or "
-                             f"uint16{hint}")
-    channels = image.shape[2]
-    if channels <= 2:
-        image = np.repeat(image[:, :, :1], 3, axis=2)
-    elif channels == 4:
-        image = image[:, :, :3]
-    if image.dtype == np.uint16:
-        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    return np.ascontiguousarray(image)
+def check_resizable(shape, config, name="image"):
+    """Raises ImageSizeError naming the image when config's resize mode would scale an image of
+    `shape` (H, W, ...) to nothing along one side (such as 2x100000 pixels into a 1024 square):
+    checked image by image before a batch would fail on it."""
+    try:
+        molded_shape(shape, config)
+    except ImageSizeError as error:
+        raise ImageSizeError(f"{name}: {error}") from None
 
 
 def _read_file(path, name):
     try:
+        # Checked before opening: opening a FIFO would wait for a writer.
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise ImageLoadError(f"{name}: is a directory, not an image file")
+        if not stat.S_ISREG(mode):
+            raise ImageLoadError(f"{name}: is not a regular file (a pipe or a device?)")
         with open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
         raise FileNotFoundError(errno.ENOENT, "image file not found", name) from None
-    except IsADirectoryError:
-        raise ImageLoadError(f"{name}: is a directory, not an image file") from None

@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from convert_weights import WeightsError
+from mrcnn.weights import WeightsError
 from mrcnn import cli, weights
 from mrcnn.config import COCO_CLASS_NAMES, CocoConfig, Config
 from mrcnn.weights import DownloadError
+from tests.reference import PUBLIC_CASE
 
-REFERENCE_CONFIG = "../shared/reference/public_r50_256/config.json"
+REFERENCE_CONFIG = str(PUBLIC_CASE / "config.json")
 
 
 def closed_port_url():
@@ -161,19 +162,18 @@ def test_reports_errors_keeps_bugs_and_status(capsys):
         main("bug")
 
 
-@pytest.mark.filterwarnings("ignore::convert_weights.MaskIoUHeadNotInFileWarning")
+@pytest.mark.filterwarnings("ignore::mrcnn.weights.MaskIoUHeadNotInFileWarning")
 def test_default_weights_are_converted_once_and_loaded(tmp_path, monkeypatch, reference_weights,
                                                        fast_reference_config, capsys):
     """The COCO path with the (small) reference .h5 standing in for the downloaded file."""
     from convert_weights import read_keras_weights
-    import convert_weights.__main__ as converter
 
     monkeypatch.setenv("MRCNN_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(cli, "coco_weights_path", lambda progress=True: reference_weights)
     conversions = []
-    convert_file = converter.convert_file
-    monkeypatch.setattr(converter, "convert_file",
-                        lambda *args: conversions.append(args) or convert_file(*args))
+    save_weights = cli.save_weights
+    monkeypatch.setattr(cli, "save_weights",
+                        lambda *args: conversions.append(args) or save_weights(*args))
 
     model = cli.load_model(cli.build_config(fast_reference_config), weights=None)
     checkpoint = cli.coco_checkpoint(progress=False)

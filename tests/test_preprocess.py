@@ -2,7 +2,6 @@
 values and the Keras reference case."""
 import io
 import random
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,12 +11,14 @@ from PIL import Image, ImageOps
 from skimage.transform import resize as skimage_resize
 
 from mrcnn.config import Config
-from preprocess.images import ImageLoadError, load_image, to_rgb_uint8
-from preprocess.molding import (compose_image_meta, denorm_boxes, mold_image, mold_inputs,
-                                molded_shape, norm_boxes, parse_image_meta, resize, resize_batch,
-                                resize_image)
+from mrcnn.boxes import denorm_boxes, norm_boxes
+from mrcnn.images import ImageLoadError, to_rgb_uint8
+from mrcnn.molding import (compose_image_meta, mold_image, mold_inputs, molded_shape,
+                           parse_image_meta, resize, resize_batch, resize_image)
+from preprocess.images import load_image
+from tests.reference import PUBLIC_CASE
 
-REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "public_r50_256"
+REFERENCE = PUBLIC_CASE
 MEAN_PIXEL = [123.7, 116.8, 103.9]
 
 
@@ -267,23 +268,23 @@ def test_norm_and_denorm_boxes_by_hand(device):
     pixels = np.array([[0, 0, 11, 21], [2, 5, 6, 9]])
     expected = np.array([[0, 0, 1, 1], [0.2, 0.25, 0.5, 0.4]], np.float32)
 
-    normalized = norm_boxes(pixels, shape)
+    normalized = norm_boxes(pixels, shape, torch.float64)
     assert normalized.dtype == np.float32
     np.testing.assert_array_equal(normalized, expected)
-    np.testing.assert_array_equal(norm_boxes(torch.from_numpy(pixels).to(device), shape).cpu(),
+    np.testing.assert_array_equal(norm_boxes(torch.from_numpy(pixels).to(device), shape, torch.float64).cpu(),
                                   expected)
 
     # 0.25 * 10 = 2.5 -> 2 and 0.75 * 10 = 7.5 -> 8 (half to even); x: 0.125 * 20 = 2.5 -> 2,
     # 0.375 * 20 + 1 = 8.5 -> 8.
     halves = np.array([[0.25, 0.125, 0.75, 0.375]], np.float32)
     expected_pixels = np.array([[2, 2, 8, 8]], np.int32)
-    got = denorm_boxes(halves, shape)
+    got = denorm_boxes(halves, shape, torch.float64)
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, expected_pixels)
-    got = denorm_boxes(torch.from_numpy(halves).to(device), shape)
+    got = denorm_boxes(torch.from_numpy(halves).to(device), shape, torch.float64)
     assert got.dtype == torch.int32
     np.testing.assert_array_equal(got.cpu(), expected_pixels)
-    np.testing.assert_array_equal(denorm_boxes(expected, shape), pixels)
+    np.testing.assert_array_equal(denorm_boxes(expected, shape, torch.float64), pixels)
 
 
 # ---------------------------------------------------------------------------------------------

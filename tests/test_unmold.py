@@ -1,16 +1,16 @@
 """Unmolding detections and masks, checked against a numpy/skimage transcription of Matterport's
 unmold_detections + unmold_mask and against the Keras reference case."""
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from skimage.transform import resize as skimage_resize
 
-import postprocess.unmold
-from postprocess.unmold import unmold_detections, unmold_masks
+import mrcnn.unmold
+from mrcnn.unmold import unmold_detections, unmold_masks
+from tests.reference import PUBLIC_CASE
 
-REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "public_r50_256"
+REFERENCE = PUBLIC_CASE
 
 
 def matterport_unmold_mask(mask, box, image_hw):
@@ -150,7 +150,7 @@ def test_unmold_masks_chunks_and_clips_to_the_image(monkeypatch, device):
     expected = np.stack([matterport_unmold_mask(m, b, (60, 80)) for m, b in zip(masks, boxes)],
                         axis=-1)
     # Small chunks: several chunks of different frame sizes, some of a single instance.
-    monkeypatch.setattr(postprocess.unmold, "_CHUNK_ELEMENTS", 1500)
+    monkeypatch.setattr(mrcnn.unmold, "_CHUNK_ELEMENTS", 1500)
 
     got = unmold_masks(torch.from_numpy(masks).to(device), torch.from_numpy(boxes).to(device),
                        (60, 80))

@@ -2,11 +2,12 @@
 
 `unmold_detections` follows `MaskRCNN.unmold_detections` and `unmold_masks` follows
 `utils.unmold_mask`, batched over all instances in torch (on the detections' device) instead of
-one skimage call per mask, with the same arithmetic (see preprocess.molding.resize).
+one skimage call per mask, with the same arithmetic (see mrcnn.molding.resize).
 """
 import torch
 
-from preprocess.molding import denorm_boxes, norm_boxes, resize_batch
+from mrcnn.boxes import denorm_boxes, norm_boxes
+from mrcnn.molding import resize_batch
 
 # Upper bound on the elements of one padded [instances, box_h, box_w] float64 resize frame
 # (8 MiB per temporary), so 100 full-image masks of a 1024x1024 image never sit in memory at once.
@@ -50,11 +51,13 @@ def unmold_detections(detections, masks, original_shape, molded_shape, window, m
     class_ids = detections[:, 4]
     before_padding = torch.cumsum(class_ids == 0, 0) == 0
     window_y1, window_x1, window_y2, window_x2 = norm_boxes(
-        torch.as_tensor(window, device=detections.device), molded_shape).unbind()
+        torch.as_tensor(window, device=detections.device), _image_hw(molded_shape),
+        torch.float64).unbind()
     shift = torch.stack([window_y1, window_x1, window_y1, window_x1])
     height, width = window_y2 - window_y1, window_x2 - window_x1
     scale = torch.stack([height, width, height, width])
-    rois = denorm_boxes((detections[:, :4] - shift) / scale, original_shape)
+    rois = denorm_boxes((detections[:, :4] - shift) / scale, _image_hw(original_shape),
+                        torch.float64)
     # Matterport drops area <= 0; both sides are checked because a box inverted on both axes has
     # a positive area but no pixels (Matterport could not unmold it either).
     keep = before_padding & (rois[:, 2] > rois[:, 0]) & (rois[:, 3] > rois[:, 1])
@@ -120,6 +123,10 @@ def unmold_masks(masks, boxes, image_shape):
         full[ys[:, :, None], xs[:, None, :], members[:, None, None]] = foreground
         start += members.numel()
     return full[:image_h, :image_w].contiguous()
+
+
+def _image_hw(shape):
+    return [int(v) for v in shape[:2]]
 
 
 def _frame_coordinates(starts, lengths, frame, limit):

@@ -4,9 +4,8 @@
 clip=True, preserve_range=True, anti_aliasing=False)` bit for bit: that call is
 `scipy.ndimage.zoom(grid_mode=True, mode='grid-constant')`, i.e. half-pixel sampling at
 `(i + 0.5) * in / out - 0.5`, two taps per axis whose taps outside the input read 0, summed in
-float64 in scipy's order, then clipped to the input's [min, max]. `resize_image`, `mold_image`,
-`compose_image_meta`, `norm_boxes` and `denorm_boxes` follow Matterport's `utils` and `model`
-functions of the same names.
+float64 in scipy's order, then clipped to the input's [min, max]. `resize_image`, `mold_image` and
+`compose_image_meta` follow Matterport's `utils` and `model` functions of the same names.
 
 Every function takes numpy arrays or torch tensors and returns the same kind; tensors stay on
 their device.
@@ -16,8 +15,11 @@ import random
 import numpy as np
 import torch
 
-from mrcnn import boxes as boxes_ops
 from mrcnn.config import RESIZE_MODES
+
+
+class ImageSizeError(ValueError):
+    """An image whose size the resize mode cannot handle (scaled to nothing along one side)."""
 
 
 def resize(image, output_hw):
@@ -143,7 +145,8 @@ def molded_shape(image_hw, config):
     """(H, W) that `mold_inputs` gives an image of size image_hw, without resizing anything.
 
     Lets a caller group images whose molded sizes match ('pad64' and 'none' depend on the
-    input size). `image_hw` may also be a full (H, W, C) shape.
+    input size), and find the images the resize mode cannot take (ImageSizeError) before a
+    batch fails on them. `image_hw` may also be a full (H, W, C) shape.
     """
     height, width = (int(v) for v in image_hw[:2])
     mode = config.IMAGE_RESIZE_MODE
@@ -264,25 +267,6 @@ def mold_inputs(images, config, device=None):
     return batch, image_metas, np.array(windows, dtype=np.int32)
 
 
-def norm_boxes(boxes, shape):
-    """Matterport's `utils.norm_boxes` for numpy or torch: pixel boxes [..., 4] (y2, x2
-    exclusive) to normalized float32 ones, computed in float64. `shape` starts with (H, W)."""
-    tensor, was_numpy = _as_tensor(boxes)
-    return _like_input(boxes_ops.norm_boxes(tensor, _image_hw(shape), torch.float64), was_numpy)
-
-
-def denorm_boxes(boxes, shape):
-    """Matterport's `utils.denorm_boxes` for numpy or torch: normalized boxes to int32 pixel
-    boxes, computed in float64, rounding half to even."""
-    tensor, was_numpy = _as_tensor(boxes)
-    return _like_input(boxes_ops.denorm_boxes(tensor, _image_hw(shape), torch.float64),
-                       was_numpy)
-
-
-def _image_hw(shape):
-    return [int(v) for v in shape[:2]]
-
-
 def _resize_plan(height, width, min_dim, max_dim, min_scale, mode):
     """utils.resize_image's choice of scale: (scale, (new_h, new_w))."""
     if mode not in RESIZE_MODES:
@@ -310,8 +294,9 @@ def _resize_plan(height, width, min_dim, max_dim, min_scale, mode):
         return scale, (height, width)
     new_hw = (round(height * scale), round(width * scale))
     if min(new_hw) < 1:
-        raise ValueError(f"a {height}x{width} image scaled by {scale:.4g} would be {new_hw[0]}x"
-                         f"{new_hw[1]} pixels; it is too thin for this resize mode")
+        raise ImageSizeError(f"a {height}x{width} image scaled by {scale:.4g} would be "
+                             f"{new_hw[0]}x{new_hw[1]} pixels; it is too thin for this resize "
+                             "mode")
     return scale, new_hw
 
 
@@ -362,11 +347,14 @@ def _interpolate(images, row_taps, col_taps):
     (1, 1) in that order, as scipy's zoom does, so float64 results match it bit for bit.
     The result is a permuted view of a [Fh, N, Fw, C] tensor.
     """
-    images = images.to(torch.float64)
     count, height, width, channels = images.shape
     row0, row1, row_w0, row_w1 = row_taps
     col0, col1, col_w0, col_w1 = col_taps
     frame_h, frame_w = row0.shape[1], col0.shape[1]
+    # Converted to float64 (exact for every input dtype) after picking the rows when there are
+    # fewer of them: a large image being scaled down is never copied whole at 8 bytes a value.
+    if frame_h >= height:
+        images = images.to(torch.float64)
     item = torch.arange(count, device=images.device)[:, None]
     # One flat index per axis over (item, row) and (item, column) picks the taps of all items
     # in a single indexing op, which is much faster than torch.gather.
@@ -375,7 +363,7 @@ def _interpolate(images, row_taps, col_taps):
     for rows, row_weight in ((row0, row_w0), (row1, row_w1)):
         # value * row_weight is the same product before or after picking the columns, and the
         # picked rows are the smaller tensor.
-        weighted = image_rows[(item * height + rows).T.reshape(-1)]
+        weighted = image_rows[(item * height + rows).T.reshape(-1)].to(torch.float64)
         weighted = weighted.view(frame_h, count, width, channels)
         weighted.mul_(row_weight.T[:, :, None, None])
         weighted = weighted.view(frame_h, count * width, channels)
