@@ -1,15 +1,19 @@
-"""Shared pieces of the benchmark scripts: timing, the machine's description, RESULTS.md.
+"""Shared pieces of the benchmark scripts: timing, peers run in child processes, the machine's
+description, RESULTS.md.
 
 Importable without torch (torch is imported where a function needs it), so that the TensorFlow
-peer of benchmarks/ops.py, which runs in an environment without torch, times with the same
-median_seconds.
+peers, which run in an environment without torch, time and serve with the same code.
 """
 import datetime
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from contextlib import suppress
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -38,6 +42,59 @@ def median_seconds(fn, device, repeat=5, warmup=1):
         synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def serve(run, ready=None):
+    """The child's side of Worker: prints `ready` (a dict) as a JSON line, then times run(line)
+    for each line read from stdin until it closes, answering each with {"ms": ...}. Returns
+    the seconds of every run."""
+    print(json.dumps({"ready": True, **(ready or {})}), flush=True)
+    times = []
+    for line in iter(sys.stdin.readline, ""):
+        start = time.perf_counter()
+        run(line.strip())
+        times.append(time.perf_counter() - start)
+        print(json.dumps({"ms": times[-1] * 1000}), flush=True)
+    return times
+
+
+class Worker:
+    """A benchmark child driven over pipes (its side is serve()): the parent asks for one timed
+    run at a time, so that its own runs and the child's can alternate and see the same load on
+    a shared machine. `ready` is the child's first message."""
+
+    def __init__(self, command, what):
+        self.what = what
+        self.stderr = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and block it
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=self.stderr, text=True)
+        self.ready = self.reply()
+
+    def reply(self):
+        """The child's next JSON object on stdout (other output is skipped)."""
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        self.process.wait()
+        self.stderr.seek(0)
+        sys.exit(f"error: {self.what} failed (exit {self.process.returncode}):\n"
+                 f"{self.stderr.read()[-4000:]}")
+
+    def run(self, request="run"):
+        """Milliseconds of one timed run of `request` in the child."""
+        with suppress(BrokenPipeError):  # a dead child is reported by reply()
+            self.process.stdin.write(request + "\n")
+            self.process.stdin.flush()
+        return self.reply()["ms"]
+
+    def finish(self):
+        """Closes the child's input and returns its last message (its summary)."""
+        with suppress(BrokenPipeError):
+            self.process.stdin.close()
+        summary = self.reply()
+        self.process.wait()
+        self.stderr.close()
+        return summary
 
 
 def cpu_name():

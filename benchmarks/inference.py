@@ -22,12 +22,10 @@ import os
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +34,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import markdown_table, record, synchronize  # noqa: E402
+from benchmarks.common import Worker, markdown_table, record, synchronize  # noqa: E402
 from benchmarks.matterport_tf import REFERENCE_IMAGE, image_sha256, timed_runs  # noqa: E402
 from convert_weights.synthetic import write_synthetic_weights  # noqa: E402
 from mrcnn.atomic import atomic_write  # noqa: E402
@@ -99,7 +97,7 @@ def measure(backbone, size, device, weights, image_path):
         return model.run_batch([image], timer=timer).results[0]
 
     with torch.inference_mode():
-        _, totals, result = timed_runs(detect, serve=True, repeat=None)
+        _, totals, result = timed_runs(detect, serving=True, repeat=None)
     medians = {name: statistics.median(values[1:]) for name, values in times.items()}  # warm-up
     medians["total"] = statistics.median(totals)
     peak = {"cpu_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -110,43 +108,6 @@ def measure(backbone, size, device, weights, image_path):
             "rois": result["rois"].tolist(), "class_ids": result["class_ids"].tolist(),
             "image_sha256": image_sha256(image), "torch_threads": torch.get_num_threads(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")}
-
-
-class Worker:
-    """A benchmark child driven over pipes (matterport_tf.timed_runs with serve): it loads its
-    model and warms up, times one detect() per run(), and sends its summary when finished."""
-
-    def __init__(self, command, what):
-        self.what = what
-        self.stderr = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and block it
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=self.stderr, text=True)
-        self.reply()
-
-    def reply(self):
-        """The child's next JSON object on stdout (other output is skipped)."""
-        for line in self.process.stdout:
-            if line.startswith("{"):
-                return json.loads(line)
-        self.process.wait()
-        self.stderr.seek(0)
-        sys.exit(f"error: {self.what} failed (exit {self.process.returncode}):\n"
-                 f"{self.stderr.read()[-4000:]}")
-
-    def run(self):
-        """Milliseconds of one timed detect()."""
-        with suppress(BrokenPipeError):  # a dead child is reported by reply()
-            self.process.stdin.write("run\n")
-            self.process.stdin.flush()
-        return self.reply()["ms"]
-
-    def finish(self):
-        with suppress(BrokenPipeError):
-            self.process.stdin.close()
-        summary = self.reply()
-        self.process.wait()
-        self.stderr.close()
-        return summary
 
 
 def agreement(ours, peer):

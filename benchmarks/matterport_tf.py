@@ -36,6 +36,10 @@ import types
 from collections import namedtuple
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import serve  # noqa: E402
+
 REFERENCE_IMAGE = (Path(__file__).resolve().parents[1] / "tests" / "data" / "reference"
                    / "public_r50_256" / "input_0_astronaut.png")
 MATTERPORT_FILES = ("__init__.py", "config.py", "model.py", "utils.py")
@@ -157,26 +161,29 @@ def default_image(size):
     return np.round(image).astype(np.uint8)
 
 
-def timed_runs(detect, serve, repeat):
-    """Times detect(): one warm-up call, then `repeat` calls or, with `serve`, one call per line
-    read from stdin until it closes, each answered on stdout with {"ms": ...}; inference.py
-    drives both frameworks this way to interleave their runs. Returns (warm-up seconds, list of
-    seconds, the last result)."""
+def timed_runs(detect, serving, repeat):
+    """Times detect(): one warm-up call, then `repeat` calls or, when `serving`, one call per
+    request of the parent (common.serve); inference.py drives both frameworks this way to
+    interleave their runs. Returns (warm-up seconds, list of seconds, the last result)."""
+    results = []
+
+    def run(_request=None):
+        results[:] = [detect()]
+
     start = time.perf_counter()
-    result = detect()
+    run()
     warmup = time.perf_counter() - start
-    if serve:
-        print(json.dumps({"ready": True}), flush=True)
-    times = []
-    for _ in iter(sys.stdin.readline, "") if serve else range(repeat):
-        start = time.perf_counter()
-        result = detect()
-        times.append(time.perf_counter() - start)
-        if serve:
-            print(json.dumps({"ms": times[-1] * 1000}), flush=True)
+    if serving:
+        times = serve(run)
+    else:
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
     if not times:
         sys.exit("error: no timed run was requested")
-    return warmup, times, result
+    return warmup, times, results[0]
 
 
 def image_sha256(image):

@@ -1,4 +1,4 @@
-"""Times mrcnn.ops against plain-PyTorch references and a peer library, and checks that all of
+"""Times mrcnn.ops against a peer library and plain-PyTorch references, and checks that all of
 them compute the same thing.
 
 Cases (inputs from benchmarks/op_inputs.py, fixed seeds; float32):
@@ -7,23 +7,27 @@ Cases (inputs from benchmarks/op_inputs.py, fixed seeds; float32):
                    256x256 map, forward and forward+backward (the gradient w.r.t. the map)
   roi_align        the same regions, aligned=True, sampling_ratio=2, forward and forward+backward
 
-Every case is timed for ours (mrcnn.ops), the plain-PyTorch reference (tests/torch_reference.py)
-and, where one exists, the peer: on the CPU TensorFlow's tf.image.non_max_suppression and
-crop_and_resize, run by benchmarks/tf_ops_peer.py in the Python given by --tensorflow-python; on
-CUDA torchvision.ops.nms and roi_align, if torchvision imports. Times are medians after warm-up
-runs. The table also says whether ours and the others agree: the same kept indices for NMS, the
-largest absolute difference otherwise (0 means bit for bit). It is printed and appended, with the
-machine and date, to benchmarks/RESULTS.md.
+Ours runs on the map laid out channels last (as the model's pyramid is), into a fresh result
+and (forward) into a reused out= tensor, and on the map laid out NCHW. The peer on the CPU is
+TensorFlow (tf.image.non_max_suppression and crop_and_resize, NHWC), run by
+benchmarks/tf_ops_peer.py in a process of the Python given by --tensorflow-python; on CUDA it is
+torchvision.ops.nms and roi_align, if torchvision imports. Ours and the peer run in alternating
+rounds (one of ours, one of the peer's, the order swapped every round), so that both see the
+same load on a shared machine; the table gives the median time of each and the median over the
+rounds of peer time / ours. The plain-PyTorch reference (tests/torch_reference.py) is timed on
+its own. The table also says whether ours and the others agree: the same kept indices for NMS,
+the largest absolute difference otherwise (0 means bit for bit). It is printed and appended,
+with the machine, date and load, to benchmarks/RESULTS.md.
 
     python benchmarks/ops.py --tensorflow-python /path/to/tf-env/bin/python
     python benchmarks/ops.py --device cuda --repeat 50
 """
 import argparse
-import json
 import os
-import subprocess
+import statistics
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -37,7 +41,8 @@ import torch  # noqa: E402
 
 import mrcnn.ops  # noqa: E402
 from benchmarks import op_inputs  # noqa: E402
-from benchmarks.common import is_cuda, markdown_table, median_seconds, record  # noqa: E402
+from benchmarks.common import (Worker, is_cuda, markdown_table, median_seconds, record,  # noqa: E402
+                               synchronize)
 from tests import torch_reference  # noqa: E402
 
 PEER_SCRIPT = Path(__file__).resolve().parent / "tf_ops_peer.py"
@@ -45,15 +50,21 @@ PEER_SCRIPT = Path(__file__).resolve().parent / "tf_ops_peer.py"
 
 @dataclass
 class Case:
-    """One row of the table: an op on one input size, in one direction."""
+    """One row of the table: an op on one input, in one direction, with one way of calling ours.
+    Rows of the same op, input and direction share `reference`, timed once."""
 
     op: str
     size: str
     direction: str
-    key: str  # the case's name in the TensorFlow peer's report
+    layout: str
     ours: Callable[[], torch.Tensor]
     reference: Callable[[], torch.Tensor]
+    tensorflow: Optional[str] = None  # the case's name in the TensorFlow peer
     peer: Optional[Callable[[], torch.Tensor]] = None  # in-process peer (torchvision)
+
+    @property
+    def group(self):
+        return self.op, self.size, self.direction
 
 
 def nms_cases(device, torchvision):
@@ -63,9 +74,18 @@ def nms_cases(device, torchvision):
         peer = None
         if torchvision is not None:  # takes (x1, y1, x2, y2) and keeps all boxes
             peer = partial(torchvision.ops.nms, boxes[:, [1, 0, 3, 2]], scores, threshold)
-        yield Case("nms", f"{num_boxes:,} boxes, IoU {threshold}", "forward", f"nms/{num_boxes}",
+        yield Case("nms", f"{num_boxes:,} boxes, IoU {threshold}", "forward", "—",
                    partial(mrcnn.ops.nms, boxes, scores, threshold, num_boxes),
-                   partial(torch_reference.nms, boxes, scores, threshold, num_boxes), peer)
+                   partial(torch_reference.nms, boxes, scores, threshold, num_boxes),
+                   f"nms/{num_boxes}", peer)
+
+
+def layouts(device):
+    """The layouts ours is timed in: on the CPU channels last (the model's) first, then NCHW;
+    the CUDA kernels read NCHW."""
+    if is_cuda(device):
+        return {"NCHW": torch.contiguous_format}
+    return {"channels last": torch.channels_last, "NCHW": torch.contiguous_format}
 
 
 def pooling_cases(device, torchvision):
@@ -74,55 +94,111 @@ def pooling_cases(device, torchvision):
     boxes_np, box_ind_np = op_inputs.crop_boxes()
     boxes, box_ind = torch.from_numpy(boxes_np).to(device), torch.from_numpy(box_ind_np).to(device)
     rois = torch.from_numpy(op_inputs.rois_from_crop_boxes(boxes_np, box_ind_np)).to(device)
+    images = {name: feature.contiguous(memory_format=layout)
+              for name, layout in layouts(device).items()}
     for crop_size in op_inputs.CROP_SIZES:
         upstream = torch.from_numpy(op_inputs.upstream_gradient(crop_size)).to(device)
+        # A pipeline of a layout hands back gradients in it.
+        gradients = {name: upstream.contiguous(memory_format=layout)
+                     for name, layout in layouts(device).items()}
         crop = dict(boxes=boxes, box_ind=box_ind, crop_size=crop_size)
         align = dict(output_size=crop_size, spatial_scale=1.0, aligned=True,
                      sampling_ratio=op_inputs.ROI_ALIGN_SAMPLING_RATIO)
-        peer_roi_align = None
-        if torchvision is not None:
-            peer_roi_align = partial(torchvision.ops.roi_align, boxes=rois, **align)
-        pools = {  # functions of the feature map: ours, the reference, the peer
+        pools = {  # functions of the map: ours, the reference, the in-process peer
             "crop_and_resize": (partial(mrcnn.ops.crop_and_resize, **crop),
                                 partial(torch_reference.crop_and_resize, **crop), None),
             "roi_align": (partial(mrcnn.ops.roi_align, rois=rois, **align),
-                          partial(torch_reference.roi_align, rois=rois, **align), peer_roi_align),
+                          partial(torch_reference.roi_align, rois=rois, **align),
+                          None if torchvision is None
+                          else partial(torchvision.ops.roi_align, boxes=rois, **align)),
         }
-        for op, functions in pools.items():
-            size = f"{len(boxes):,} boxes to {crop_size}x{crop_size}"
-            key = f"{op}/{crop_size}"
-            yield Case(op, size, "forward", f"{key}/forward", *forward(feature, *functions))
-            yield Case(op, size, "forward+backward", f"{key}/forward+backward",
-                       *forward_backward(feature, upstream, *functions))
+        size = f"{len(boxes):,} boxes to {crop_size}x{crop_size}"
+        for op, (ours, reference, peer) in pools.items():
+            key = f"{op}/{crop_size}" if op == "crop_and_resize" else None
+            forward_key = key and f"{key}/forward"
+            backward_key = key and f"{key}/forward+backward"
+            reference_forward = forward(feature, reference)
+            reference_backward = forward_backward(feature, upstream, reference)
+            peer_forward = peer and forward(feature, peer)
+            peer_backward = peer and forward_backward(feature, upstream, peer)
+            for index, (name, image) in enumerate(images.items()):
+                yield Case(op, size, "forward", name, forward(image, ours), reference_forward,
+                           forward_key, peer_forward)
+                if index == 0:  # the model's layout
+                    yield Case(op, size, "forward", f"{name}, out=", forward_into(image, ours),
+                               reference_forward, forward_key, peer_forward)
+            for name, image in images.items():
+                yield Case(op, size, "forward+backward", name,
+                           forward_backward(image, gradients[name], ours), reference_backward,
+                           backward_key, peer_backward)
 
 
-def forward(feature, *pools):
-    """Zero-argument calls of each pool (None stays None) on `feature`, without autograd."""
-    def call(pool):
-        def run():
-            with torch.no_grad():
-                return pool(feature)
-        return run
-    return [None if pool is None else call(pool) for pool in pools]
+def forward(image, pool):
+    """A zero-argument call of pool(image) without autograd."""
+    def run():
+        with torch.no_grad():
+            return pool(image)
+    return run
 
 
-def forward_backward(feature, upstream, *pools):
-    """Zero-argument calls that pool `feature` and return the gradient of the pooled values
-    with respect to it, for the upstream gradient `upstream`."""
-    image = feature.detach().requires_grad_()
-
-    def call(pool):
-        return lambda: torch.autograd.grad(pool(image), image, upstream)[0]
-    return [None if pool is None else call(pool) for pool in pools]
-
-
-def timed(fn, device, repeat, warmup):
-    """(median seconds, output of the last run) of fn()."""
-    outputs = []
+def forward_into(image, pool):
+    """A zero-argument call of pool(image, out=...) into the same tensor every time (the result
+    of the first call)."""
+    out = []
 
     def run():
-        outputs[:] = [fn()]
-    return median_seconds(run, device, repeat=repeat, warmup=warmup), outputs[0]
+        with torch.no_grad():
+            if not out:
+                out.append(pool(image))
+            return pool(image, out=out[0])
+    return run
+
+
+def forward_backward(image, upstream, pool):
+    """A zero-argument call that pools `image` and returns the gradient of the pooled values
+    with respect to it, for the upstream gradient `upstream`."""
+    image = image.detach().requires_grad_()
+    return lambda: torch.autograd.grad(pool(image), image, upstream)[0]
+
+
+def timed(fn, device):
+    """(seconds, result) of one call of fn()."""
+    synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def alternating(ours, peer, device, repeat, warmup):
+    """Times ours() and peer() (which returns its own seconds) in alternating rounds, the order
+    swapped every round, after `warmup` calls of each. Returns (median seconds of ours, median
+    seconds of the peer, median over the rounds of peer seconds / ours, ours' last result)."""
+    for _ in range(warmup):
+        ours()
+        peer()
+    ours_times, peer_times, ratios = [], [], []
+    for round_ in range(repeat):
+        if round_ % 2:
+            peer_seconds = peer()
+            ours_seconds, result = timed(ours, device)
+        else:
+            ours_seconds, result = timed(ours, device)
+            peer_seconds = peer()
+        ours_times.append(ours_seconds)
+        peer_times.append(peer_seconds)
+        ratios.append(peer_seconds / ours_seconds)
+    return (statistics.median(ours_times), statistics.median(peer_times),
+            statistics.median(ratios), result)
+
+
+def alone(fn, device, repeat, warmup):
+    """(median seconds, last result) of fn() over `repeat` calls after `warmup` calls."""
+    results = []
+
+    def run():
+        results[:] = [fn()]
+    return median_seconds(run, device, repeat=repeat, warmup=warmup), results[0]
 
 
 def agreement(ours, other):
@@ -139,21 +215,15 @@ def agreement(ours, other):
     return "max abs diff 0" if difference == 0 else f"max abs diff {difference:.1e}"
 
 
-def run_tensorflow_peer(python, args, outputs):
-    """Runs benchmarks/tf_ops_peer.py with `python`; returns its report (a dict)."""
+def start_tensorflow_peer(python, args, outputs):
+    """The TensorFlow peer (tf_ops_peer.py) started with `python`, ready to serve."""
     print(f"TensorFlow peer ({python}) ...", flush=True)
-    command = [python, str(PEER_SCRIPT), "--repeat", str(args.repeat), "--warmup",
-               str(args.warmup), "--outputs", str(outputs)]
+    command = [python, str(PEER_SCRIPT), "--outputs", str(outputs)]
     if args.threads:
         command += ["--threads", str(args.threads)]
-    try:
-        done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
-    except OSError as error:
-        sys.exit(f"error: cannot run the TensorFlow peer with {python}: {error}")
-    if done.returncode != 0:
-        sys.exit(f"error: the TensorFlow peer failed (exit status {done.returncode}); "
-                 f"its messages are above. Command: {' '.join(command)}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    worker = Worker(command, f"the TensorFlow peer ({' '.join(command)})")
+    check_peer_inputs(worker.ready)
+    return worker
 
 
 def check_peer_inputs(report):
@@ -171,14 +241,12 @@ def check_peer_inputs(report):
                  "comparable")
 
 
-def tensorflow_result(case, outputs):
-    """TF's saved result for `case` (None for ops TF lacks): kept indices, crops, or the image
-    gradient computed with op determinism, and the gradient of TF's timed (threaded) run."""
-    op, *rest = case.key.split("/")
+def tensorflow_results(key, outputs):
+    """TF's saved results for case `key`: kept indices or crops, or the image gradient computed
+    with op determinism and the gradient of TF's timed (threaded) runs."""
+    op, *rest = key.split("/")
     if op == "nms":
         return np.load(outputs / f"nms_{rest[0]}.npy"), None
-    if op != "crop_and_resize":
-        return None, None
     crop_size, direction = rest
     if direction == "forward":
         return np.load(outputs / f"crops_{crop_size}.npy"), None
@@ -201,30 +269,69 @@ def milliseconds(seconds):
     return "—" if seconds is None else f"{seconds * 1000:.2f}"
 
 
-def speed_up(other, ours):
-    return "—" if other is None else f"{other / ours:.1f}x"
+def ratio(value):
+    return "—" if value is None else f"{value:.2f}x"
 
 
-def measure(case, device, args, tensorflow, peer_outputs):
-    """The table row of `case`: times and agreement of ours, the reference and the peer."""
-    print(f"{case.op}, {case.size}, {case.direction} ...", flush=True)
-    ours_seconds, ours = timed(case.ours, device, args.repeat, args.warmup)
-    reference_seconds, reference = timed(case.reference, device, args.reference_repeat,
-                                         min(args.warmup, 1))
-    peer_seconds, peer_check = None, "—"
-    if case.peer is not None:
-        peer_seconds, peer = timed(case.peer, device, args.repeat, args.warmup)
-        peer_check = agreement(ours, peer)
-    elif tensorflow is not None and case.key in tensorflow["seconds"]:
-        peer_seconds = tensorflow["seconds"][case.key]
-        peer, threaded = tensorflow_result(case, peer_outputs)
-        peer_check = agreement(ours, peer)
+class Measurements:
+    """Times every case: ours against the peer, and each reference once (the rows of a group
+    come one after the other)."""
+
+    def __init__(self, args, tensorflow):
+        self.args, self.tensorflow = args, tensorflow
+        self.reference = (None, None, None)  # group, seconds, result
+        self.ours = {}  # group + (layout,) -> seconds
+
+    def row(self, case):
+        args, device = self.args, self.args.device
+        print(f"{case.op}, {case.size}, {case.direction}, {case.layout} ...", flush=True)
+        peer_seconds = peer_ratio = None
+        if case.tensorflow and self.tensorflow is not None:
+            def peer():
+                return self.tensorflow.run(case.tensorflow) / 1000
+        elif case.peer is not None:
+            def peer():
+                return timed(case.peer, device)[0]
+        else:
+            peer = None
+        if peer is None:
+            ours_seconds, ours = alone(case.ours, device, args.repeat, args.warmup)
+        else:
+            ours_seconds, peer_seconds, peer_ratio, ours = alternating(
+                case.ours, peer, device, args.repeat, args.warmup)
+        self.ours[case.group + (case.layout,)] = ours_seconds
+        if self.reference[0] != case.group:
+            self.reference = (None, None, None)  # frees the last group's result first
+            self.reference = (case.group, *alone(case.reference, device, args.reference_repeat,
+                                                 min(args.warmup, 1)))
+        _, reference_seconds, reference = self.reference
+        return [case.op, case.size, case.direction, case.layout, milliseconds(ours_seconds),
+                milliseconds(peer_seconds), ratio(peer_ratio),
+                agreement(ours, case.peer()) if case.peer is not None else "—",
+                milliseconds(reference_seconds), ratio(reference_seconds / ours_seconds),
+                agreement(ours, reference)]
+
+    def roi_align_note(self):
+        """roi_align's time against crop_and_resize's, channels last, fresh results."""
+        parts = []
+        for (op, size, direction, layout), seconds in self.ours.items():
+            crop = self.ours.get(("crop_and_resize", size, direction, layout))
+            if op == "roi_align" and layout == "channels last" and crop:
+                parts.append(f"{size.split(' to ')[-1]} {direction} {seconds / crop:.2f}")
+        return ("roi_align's time / crop_and_resize's on the same regions (channels last): "
+                + ", ".join(parts) + "." if parts else None)
+
+
+def check_against_tensorflow(cases, rows, outputs):
+    """Fills the 'ours vs peer' cells of the TensorFlow cases from TF's saved results."""
+    for case, row in zip(cases, rows):
+        if case.tensorflow is None:
+            continue
+        expected, threaded = tensorflow_results(case.tensorflow, outputs)
+        ours = case.ours()
+        row[7] = agreement(ours, expected)
         if threaded is not None:
-            peer_check += f" ({agreement(ours, threaded)} from TF's timed run)"
-    return [case.op, case.size, case.direction, milliseconds(ours_seconds),
-            milliseconds(reference_seconds), speed_up(reference_seconds, ours_seconds),
-            milliseconds(peer_seconds), speed_up(peer_seconds, ours_seconds),
-            agreement(ours, reference), peer_check]
+            row[7] += f" ({agreement(ours, threaded)} from TF's timed runs)"
 
 
 def parse_args():
@@ -232,10 +339,10 @@ def parse_args():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     parser.add_argument("--repeat", type=int, default=20,
-                        help="timed runs of ours and of the peer per case (default 20)")
-    parser.add_argument("--reference-repeat", type=int, default=5,
+                        help="timed rounds of ours and the peer per row (default 20)")
+    parser.add_argument("--reference-repeat", type=int, default=3,
                         help="timed runs of the plain-PyTorch reference, which takes up to "
-                             "seconds per run (default 5)")
+                             "seconds per run (default 3)")
     parser.add_argument("--warmup", type=int, default=2,
                         help="untimed runs before the timed ones (default 2; at most 1 for the "
                              "reference)")
@@ -246,7 +353,10 @@ def parse_args():
                         metavar="PATH",
                         help="Python interpreter of an environment with TensorFlow and numpy, "
                              "for the CPU peer (default: $MRCNN_TF_PYTHON; without either, the "
-                             "TensorFlow columns stay empty)")
+                             "peer columns stay empty)")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line to add to the notes in RESULTS.md (repeatable), e.g. what "
+                        "else loads the machine")
     parser.add_argument("--no-record", action="store_true",
                         help="print only; do not append to benchmarks/RESULTS.md")
     args = parser.parse_args()
@@ -285,46 +395,38 @@ def main():
         peer_name = "TensorFlow"
         if not args.tensorflow_python:
             notes.append("No TensorFlow peer: pass --tensorflow-python PATH or set "
-                         "MRCNN_TF_PYTHON to include it.")
-    load_before = os.getloadavg()[0]
+                         "MRCNN_TF_PYTHON to include it (README, Benchmarks).")
+    load_before = os.getloadavg()
 
     with tempfile.TemporaryDirectory(prefix="mrcnn-ops-bench-") as scratch:
         peer_outputs = Path(scratch)
         if not is_cuda(device) and args.tensorflow_python:
-            tensorflow = run_tensorflow_peer(args.tensorflow_python, args, peer_outputs)
-            check_peer_inputs(tensorflow)
-            peer_name = f"TensorFlow {tensorflow['tensorflow']}"
+            tensorflow = start_tensorflow_peer(args.tensorflow_python, args, peer_outputs)
+            peer_name = f"TensorFlow {tensorflow.ready['tensorflow']}"
         cases = [*nms_cases(device, torchvision), *pooling_cases(device, torchvision)]
-        rows = [measure(case, device, args, tensorflow, peer_outputs) for case in cases]
+        if tensorflow is None:
+            for case in cases:
+                case.tensorflow = None
+        measurements = Measurements(args, tensorflow)
+        rows = [measurements.row(case) for case in cases]
+        if tensorflow is not None:
+            print("TensorFlow peer: saving its results ...", flush=True)
+            tensorflow.finish()
+            check_against_tensorflow(cases, rows, peer_outputs)
 
-    header = ["op", "input", "pass", "ours ms", "PyTorch ref. ms", "ref. / ours",
-              f"{peer_name} ms", "peer / ours", "ours vs ref.", "ours vs peer"]
+    header = ["op", "input", "pass", "ours: layout", "ours ms", f"{peer_name} ms",
+              "peer / ours", "ours vs peer", "PyTorch ref. ms", "ref. / ours", "ours vs ref."]
     table = markdown_table(header, rows)
     notes = describe_run(args, tensorflow, load_before) + notes
-    if not is_cuda(device):
-        notes.append(allocation_note(args))
+    roi_align_note = measurements.roi_align_note()
+    if roi_align_note:
+        notes.append(roi_align_note)
+    notes += args.note
     if args.no_record:
         print("\n" + table + "\n\n" + "\n".join(notes))
     else:
-        record(f"mrcnn.ops against plain PyTorch and {peer_name.split()[0]}", device, table,
+        record(f"mrcnn.ops against {peer_name.split()[0]} and plain PyTorch", device, table,
                notes)
-
-
-def allocation_note(args):
-    """What a fresh CPU tensor of each output's size costs here, measured like the ops."""
-    channels, height, width = op_inputs.FEATURE_SHAPE[1:]
-    shapes = {f"{size}x{size} crops": (op_inputs.NUM_CROP_BOXES, channels, size, size)
-              for size in op_inputs.CROP_SIZES}
-    shapes["the map's gradient"] = op_inputs.FEATURE_SHAPE
-    costs = []
-    for name, shape in shapes.items():
-        seconds = median_seconds(lambda: torch.empty(shape).fill_(0), "cpu", args.repeat,
-                                 args.warmup)
-        costs.append(f"{np.prod(shape) * 4 / 2**20:.0f} MB ({name}) {seconds * 1000:.1f} ms")
-    return ("Allocating and filling a fresh float32 tensor takes " + ", ".join(costs) + " here. "
-            "PyTorch's CPU allocator returns blocks this large to the system when they are "
-            "freed, so every call of ours (and of the reference) page-faults its outputs in "
-            "again; TensorFlow's allocator keeps its blocks and does not pay this.")
 
 
 def describe_run(args, tensorflow, load_before):
@@ -333,17 +435,24 @@ def describe_run(args, tensorflow, load_before):
     chosen = "set by --threads" if args.threads else "its default"
     threads = f"torch {torch.get_num_threads()} ({chosen})"
     if tensorflow is not None:
-        intra, inter = tensorflow["intra_op_threads"], tensorflow["inter_op_threads"]
+        ready = tensorflow.ready
+        intra, inter = ready["intra_op_threads"], ready["inter_op_threads"]
         threads += (f"; TensorFlow intra-op pool {intra or 'default'}, inter-op pool "
                     f"{inter or 'default'} (a default pool has one thread per core, "
-                    f"{tensorflow['cpu_count']} here)")
+                    f"{ready['cpu_count']} here)")
     notes = [
-        f"Median of {args.repeat} runs after {args.warmup} warm-up runs for ours and the peer, "
-        f"of {args.reference_repeat} runs after {min(args.warmup, 1)} for the plain-PyTorch "
-        f"reference (tests/torch_reference.py); the x columns are the other's time / ours. "
-        f"Inputs: benchmarks/op_inputs.py (seed {op_inputs.SEED}), float32, device "
-        f"{device}. roi_align pools the regions crop_and_resize crops, with aligned=True and "
+        f"{args.repeat} rounds after {args.warmup} warm-up runs per row, ours and the peer "
+        f"alternating (the order swapped every round): the medians of each, and the median "
+        f"over the rounds of the peer's time / ours (above 1: ours is faster). The plain-PyTorch "
+        f"reference (tests/torch_reference.py): median of {args.reference_repeat} runs after "
+        f"{min(args.warmup, 1)}, once per op, input and pass. Inputs: benchmarks/op_inputs.py "
+        f"(seed {op_inputs.SEED}), float32, device {device}. roi_align pools the regions "
+        f"crop_and_resize crops, with aligned=True and "
         f"sampling_ratio={op_inputs.ROI_ALIGN_SAMPLING_RATIO}.",
+        "Ours: 'channels last' pools the map stored channels last (torch.channels_last, as the "
+        "model's pyramid is) into a fresh result; 'out=' writes into the same tensor every call "
+        "(forward only; autograd needs fresh results); 'NCHW' pools the map stored NCHW. The "
+        "gradient of a forward+backward row arrives in the row's layout.",
         f"Threads: {threads}.",
         "roi_align computes its sample positions in float32, as torchvision does: at 256 pixels "
         "a rounding moves a sample by up to 1.5e-5 pixel, which on this map of standard normal "
@@ -351,21 +460,21 @@ def describe_run(args, tensorflow, load_before):
         "through grid_sample's normalised coordinates), hence its differences of that order.",
     ]
     if not is_cuda(device):
-        load_after = os.getloadavg()[0]
+        load_after = os.getloadavg()
         notes.append(
-            f"1-minute load average {load_before:.1f} before and {load_after:.1f} after the run "
-            f"on {os.cpu_count()} cores: above {os.cpu_count()}, other processes were competing "
-            "for the cores and the times are noisier and slower than on an idle machine.")
+            f"Load average (1, 5, 15 min) {', '.join(f'{x:.1f}' for x in load_before)} before "
+            f"and {', '.join(f'{x:.1f}' for x in load_after)} after the run on "
+            f"{os.cpu_count()} cores: above {os.cpu_count()}, other processes were competing for "
+            "the cores and the times are noisier and slower than on an idle machine.")
     if tensorflow is not None:
         notes.append(
-            "TensorFlow runs eagerly in its own process, before ours, on the same inputs (checked "
-            "by hash) in its native NHWC layout; ours is NCHW. nms passes max_output_size = N to "
-            "both. roi_align has no TensorFlow counterpart. For crop_and_resize forward+backward, "
-            "'ours vs peer' compares with TF's gradient computed under op determinism (one "
-            "thread, TF's summation order). With more than one thread TF's timed run shards the "
-            "boxes over them, and they add into shared pixels without synchronisation, so its "
-            "gradient (in brackets) can lose updates: differences far above rounding there are "
-            "TF's.")
+            "TensorFlow runs eagerly in its own process on the same inputs (checked by hash) in "
+            "its native NHWC layout. nms passes max_output_size = N to both. roi_align has no "
+            "TensorFlow counterpart. For crop_and_resize forward+backward, 'ours vs peer' "
+            "compares with TF's gradient computed under op determinism (one thread, TF's "
+            "summation order). With more than one thread TF's timed runs shard the boxes over "
+            "them, and they add into shared pixels without synchronisation, so their gradient "
+            "(in brackets) can lose updates: differences far above rounding there are TF's.")
     if is_cuda(device):
         notes.append("torchvision has no crop_and_resize; its nms takes (x1, y1, x2, y2) boxes "
                      "and keeps all boxes (ours: max_output_size = N, the same here).")

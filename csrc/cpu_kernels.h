@@ -14,6 +14,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -179,26 +180,32 @@ TileGroups group_units(int64_t num_groups, Enumerate&& enumerate) {
   return groups;
 }
 
-// Runs work(first, last) on consecutive ranges of groups [first, last), one range per thread
-// when the work is worth threads (about `unit_cost` elementary operations per unit), the ranges
-// holding about as many units each. A group is never split between threads.
+// Runs work(first, last) on consecutive ranges of groups [first, last) that together cover all
+// groups, each range with about as many units, never splitting a group. With threads (when the
+// work is worth them: about `unit_cost` elementary operations per unit) there are several
+// ranges per thread, handed out one at a time to whichever thread is free: on a machine whose
+// cores other processes share, a thread that loses its core then holds up one short range
+// rather than a fixed half of the work.
 template <typename Work>
 void parallel_over_groups(const TileGroups& groups, int64_t unit_cost, Work&& work) {
+  constexpr int64_t kRangesPerThread = 8;
   const int64_t num_groups = static_cast<int64_t>(groups.begin.size()) - 1;
   const int64_t num_units = static_cast<int64_t>(groups.units.size());
-  const int64_t tasks =
+  const int64_t threads =
       num_units * unit_cost >= at::internal::GRAIN_SIZE ? at::get_num_threads() : 1;
-  std::vector<int64_t> first(tasks + 1, num_groups);
-  for (int64_t task = 1; task < tasks; ++task) {
-    // The first group with a unit at or after the task's share of the units.
-    first[task] = std::lower_bound(groups.begin.begin(), groups.begin.end() - 1,
-                                   num_units * task / tasks) -
-                  groups.begin.begin();
-  }
+  const int64_t ranges = threads == 1 ? 1 : threads * kRangesPerThread;
+  std::vector<int64_t> first(ranges + 1, num_groups);
   first[0] = 0;
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      work(first[task], first[task + 1]);
+  for (int64_t range = 1; range < ranges; ++range) {
+    // The first group with a unit at or after the range's share of the units.
+    first[range] = std::lower_bound(groups.begin.begin(), groups.begin.end() - 1,
+                                    num_units * range / ranges) -
+                   groups.begin.begin();
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t range = next++; range < ranges; range = next++) {
+      work(first[range], first[range + 1]);
     }
   });
 }

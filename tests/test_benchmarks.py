@@ -234,7 +234,7 @@ def test_peer_options_are_checked_before_any_run(monkeypatch, capsys, argv, mess
 def test_timed_runs_warms_up_then_times_each_call():
     calls = []
     warmup, times, result = matterport_tf.timed_runs(lambda: calls.append(1) or len(calls),
-                                                     serve=False, repeat=3)
+                                                     serving=False, repeat=3)
     assert len(calls) == 4 and len(times) == 3 and result == 4
     assert warmup >= 0 and all(t >= 0 for t in times)
 
@@ -244,7 +244,8 @@ import json, sys
 sys.path.insert(0, {root!r})
 from benchmarks.matterport_tf import timed_runs
 calls = []
-warmup, times, result = timed_runs(lambda: calls.append(1) or len(calls), serve=True, repeat=None)
+warmup, times, result = timed_runs(lambda: calls.append(1) or len(calls), serving=True,
+                                   repeat=None)
 print("some library chatter")
 print(json.dumps({{"runs": len(times), "result": result}}))
 """
