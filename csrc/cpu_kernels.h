@@ -1,5 +1,5 @@
-// What the CPU kernels of the pooling ops share: which memory layout a map is read in, fresh
-// outputs for large results, and loops over a pixel's channels compiled for the widest vector
+// What the CPU kernels of the pooling ops share: which memory layout a map is read in, memory
+// for large results, tiles of the maps, and loops over a pixel's channels compiled for the widest vector
 // instructions of the CPU they run on.
 //
 // The channels-last kernels run one short loop over the contiguous channels of a pixel for every
@@ -11,13 +11,17 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
+#include <c10/core/Allocator.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <deque>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -40,25 +44,114 @@ inline at::MemoryFormat memory_format(bool channels_last) {
   return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
-// An uninitialised tensor for a kernel to fill. Results of tens of megabytes are the norm here
-// (1,000 boxes x 256 channels x 14 x 14 floats is 200 MB), and memory that size comes fresh
-// from the kernel for every call, which faults it in 4 KiB page by page: slower than computing
-// the values. Transparent huge pages cut the faults 512-fold; the advice is only a hint, so
-// systems without them fall back to small pages.
+// Memory for the large results of the pooling ops: crops, pooled bins and image gradients of
+// tens to hundreds of megabytes (1,000 boxes x 256 channels x 14 x 14 floats is 200 MB),
+// requested anew at every step of an inference or training loop. Fresh memory that size comes
+// from the kernel page by page, zeroed on first touch, which takes longer than computing the
+// values, and goes back to it when freed. This allocator keeps the last few blocks its tensors
+// free and hands them out again, as TensorFlow's allocator keeps its blocks; it holds at most
+// kCachedBlocks blocks and kCachedBytes bytes. Its blocks are also advised to be backed by
+// transparent huge pages (only a hint: systems without them use small pages), which makes first
+// touches 512 times rarer.
+class ResultMemory final : public c10::Allocator {
+ public:
+  static constexpr size_t kCachedBlocks = 4;
+  static constexpr size_t kCachedBytes = size_t{1} << 30;
+  static constexpr size_t kHugePage = size_t{1} << 21;
+
+  // Never destroyed: tensors may free their memory after static destructors have run.
+  static ResultMemory& instance() {
+    static ResultMemory* memory = new ResultMemory();
+    return *memory;
+  }
+
+  c10::DataPtr allocate(size_t nbytes) override {
+    Block* block = take(nbytes);
+    return {block->data, block, &ResultMemory::give_back, c10::Device(c10::DeviceType::CPU)};
+  }
+
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+ private:
+  struct Block {
+    void* data;
+    size_t size;
+  };
+
+  static void give_back(void* context) { instance().keep(static_cast<Block*>(context)); }
+
+  // The smallest cached block that holds nbytes without wasting over a quarter of itself (the
+  // most recently freed of equals), or a new one.
+  Block* take(size_t nbytes) {
+    const size_t size = (std::max<size_t>(nbytes, 1) + kHugePage - 1) / kHugePage * kHugePage;
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      auto best = cache_.rend();
+      for (auto it = cache_.rbegin(); it != cache_.rend(); ++it) {
+        if ((*it)->size >= size && (*it)->size - size <= (*it)->size / 4 &&
+            (best == cache_.rend() || (*it)->size < (*best)->size)) {
+          best = it;
+        }
+      }
+      if (best != cache_.rend()) {
+        Block* block = *best;
+        cache_.erase(std::next(best).base());
+        cached_bytes_ -= block->size;
+        return block;
+      }
+    }
+    void* data = nullptr;
+    TORCH_CHECK(posix_memalign(&data, kHugePage, size) == 0,
+                "out of memory: cannot allocate ", size, " bytes for a result");
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    madvise(data, size, MADV_HUGEPAGE);
+#endif
+    return new Block{data, size};
+  }
+
+  // Caches `block`, freeing the oldest cached blocks beyond the limits.
+  void keep(Block* block) {
+    std::vector<Block*> evicted;
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      cache_.push_back(block);
+      cached_bytes_ += block->size;
+      while (cache_.size() > kCachedBlocks || cached_bytes_ > kCachedBytes) {
+        evicted.push_back(cache_.front());
+        cached_bytes_ -= cache_.front()->size;
+        cache_.pop_front();
+      }
+    }
+    for (Block* old : evicted) {
+      free(old->data);
+      delete old;
+    }
+  }
+
+  std::mutex mutex_;
+  std::deque<Block*> cache_;  // oldest first
+  size_t cached_bytes_ = 0;
+};
+
+// Results smaller than this come from PyTorch's allocator: they fit the caches, and its small
+// blocks are reused anyway.
+constexpr int64_t kResultMemoryBytes = int64_t{16} << 20;
+
+// An uninitialised tensor for a kernel to fill, large ones from ResultMemory.
 inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options,
                                bool channels_last) {
-  at::Tensor output = at::empty(sizes, options.memory_format(memory_format(channels_last)));
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHugePage = uintptr_t{1} << 21;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(output.data_ptr());
-  const uintptr_t end = begin + output.nbytes();
-  const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
-  const uintptr_t last = end & ~(kHugePage - 1);
-  if (last >= first + 8 * kHugePage) {
-    madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+  const at::MemoryFormat layout = memory_format(channels_last);
+  const int64_t nbytes =
+      c10::multiply_integers(sizes) * static_cast<int64_t>(c10::elementSize(
+                                          c10::typeMetaToScalarType(options.dtype())));
+  if (nbytes < kResultMemoryBytes) {
+    return at::empty(sizes, options.memory_format(layout));
   }
-#endif
-  return output;
+  return at::detail::empty_generic(sizes, &ResultMemory::instance(),
+                                   c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                   c10::typeMetaToScalarType(options.dtype()), layout);
 }
 
 // Tiles of a batch of channels-last maps [N, H, W, C], small enough (with all their channels)

@@ -368,6 +368,25 @@ def test_large_channels_last_crops_equal_nchw():
     assert torch.equal(nchw_out, expected)
 
 
+def test_large_results_reuse_freed_memory_only():
+    # Results of 16 MB and more come from memory that freed results give back: never while a
+    # result that holds it is alive, and then with the values of the new call. (22 MB: no other
+    # test makes results of about this size, whose freed memory could be handed out instead.)
+    generator = torch.Generator().manual_seed(19)
+    image = laid_out(torch.randn(1, 64, 32, 32, generator=generator), "channels_last")
+    boxes = torch.rand(300, 4, generator=generator)
+    box_ind = torch.zeros(300, dtype=torch.int64)
+    first = crop_and_resize(image, boxes, box_ind, 17)
+    assert first.nbytes >= 16 << 20
+    kept = first.clone()
+    second = crop_and_resize(image, boxes.flip(0), box_ind, 17)
+    assert second.data_ptr() != first.data_ptr() and torch.equal(first, kept)
+    address = first.data_ptr()
+    del first
+    third = crop_and_resize(image, boxes.flip(0), box_ind, 17)
+    assert third.data_ptr() == address and torch.equal(third, second)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_out_is_written_and_returned(device, layout):
     image, boxes, box_ind = to_torch(device, *random_case(18, 2, 5, 9, 8, 6))
