@@ -46,6 +46,7 @@ from benchmarks.common import (Worker, is_cuda, markdown_table, median_seconds, 
 from tests import torch_reference  # noqa: E402
 
 PEER_SCRIPT = Path(__file__).resolve().parent / "tf_ops_peer.py"
+OPS = ("nms", "crop_and_resize", "roi_align")
 
 
 @dataclass
@@ -338,6 +339,8 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS),
+                        help="the ops to time (default: all)")
     parser.add_argument("--repeat", type=int, default=20,
                         help="timed rounds of ours and the peer per row (default 20)")
     parser.add_argument("--reference-repeat", type=int, default=3,
@@ -403,7 +406,8 @@ def main():
         if not is_cuda(device) and args.tensorflow_python:
             tensorflow = start_tensorflow_peer(args.tensorflow_python, args, peer_outputs)
             peer_name = f"TensorFlow {tensorflow.ready['tensorflow']}"
-        cases = [*nms_cases(device, torchvision), *pooling_cases(device, torchvision)]
+        cases = [case for case in [*nms_cases(device, torchvision),
+                                   *pooling_cases(device, torchvision)] if case.op in args.ops]
         if tensorflow is None:
             for case in cases:
                 case.tensorflow = None

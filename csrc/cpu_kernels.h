@@ -23,6 +23,7 @@
 #include <deque>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #if defined(__linux__)
@@ -352,19 +353,22 @@ inline void streaming_done() {
 }
 
 // kernel.run<Bytes>(args...) compiled for each instruction set. Kernel::run and everything it
-// calls must be MRCNN_ALWAYS_INLINE (and free of lambdas), so that all of it is compiled for the
-// caller's instruction set.
+// calls must be inlined into it (MRCNN_ALWAYS_INLINE, no lambdas), so that all of it is compiled
+// for the caller's instruction set.
 template <typename Kernel, typename... Args>
 struct Variants {
+  using Result = decltype(std::declval<const Kernel&>().template run<16>(std::declval<Args>()...));
 #if defined(__x86_64__)
-  __attribute__((target("avx512f"))) static void avx512(const Kernel& kernel, Args... args) {
-    kernel.template run<64>(args...);
+  __attribute__((target("avx512f"))) static Result avx512(const Kernel& kernel, Args... args) {
+    return kernel.template run<64>(args...);
   }
-  __attribute__((target("avx2"))) static void avx2(const Kernel& kernel, Args... args) {
-    kernel.template run<32>(args...);
+  __attribute__((target("avx2"))) static Result avx2(const Kernel& kernel, Args... args) {
+    return kernel.template run<32>(args...);
   }
 #endif
-  static void baseline(const Kernel& kernel, Args... args) { kernel.template run<16>(args...); }
+  static Result baseline(const Kernel& kernel, Args... args) {
+    return kernel.template run<16>(args...);
+  }
 };
 
 // Ordered from the widest down.
@@ -397,7 +401,7 @@ inline Isa best_isa() {
 
 // The variant of kernel.run for this CPU, as a plain function pointer.
 template <typename Kernel, typename... Args>
-auto best() -> void (*)(const Kernel&, Args...) {
+auto best() -> typename Variants<Kernel, Args...>::Result (*)(const Kernel&, Args...) {
 #if defined(__x86_64__)
   switch (best_isa()) {
     case Isa::kAvx512:

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 
+#include "cpu_kernels.h"
 #include "nms.h"
 
 namespace mrcnn {
@@ -59,21 +60,30 @@ BoxColumns<T> normalized_columns(const at::Tensor& boxes /* [N, 4] contiguous */
 
 // Whether `box` overlaps any of the boxes [first, last) of `kept` by more than `threshold`. The
 // latest kept boxes are tested first, as a box's suppressor tends to have a similar score
-// (TensorFlow scans in the same order), and the scan stops after the first chunk with a hit.
-template <typename T>
-bool overlaps_any(const NormalizedBox<T>& box, const BoxColumns<T>& kept, int64_t first,
-                  int64_t last, T threshold) {
-  for (int64_t end = last; end > first; end -= kScanChunk) {
-    int hit = 0;  // an int, not a bool, or GCC does not vectorise the loop
-    for (int64_t k = std::max(end - kScanChunk, first); k < end; ++k) {
-      hit |= overlaps_above(box, kept[k], threshold);
+// (TensorFlow scans in the same order), and the scan stops after the first chunk with a hit. The
+// chunk's loop vectorises; run() is compiled for each instruction set (simd::best).
+struct OverlapsAny {
+  template <int Bytes, typename T>
+  MRCNN_ALWAYS_INLINE bool run(const NormalizedBox<T>* box, const BoxColumns<T>* kept,
+                               int64_t first, int64_t last, T threshold) const {
+    const T* ymin = kept->ymin.data();
+    const T* xmin = kept->xmin.data();
+    const T* ymax = kept->ymax.data();
+    const T* xmax = kept->xmax.data();
+    const T* area = kept->area.data();
+    for (int64_t end = last; end > first; end -= kScanChunk) {
+      int hit = 0;  // an int, not a bool, or GCC does not vectorise the loop
+      for (int64_t k = std::max(end - kScanChunk, first); k < end; ++k) {
+        hit |= overlaps_above(*box, NormalizedBox<T>{ymin[k], xmin[k], ymax[k], xmax[k], area[k]},
+                              threshold);
+      }
+      if (hit) {
+        return true;
+      }
     }
-    if (hit) {
-      return true;
-    }
+    return false;
   }
-  return false;
-}
+};
 
 // Greedy NMS over `boxes` sorted by descending score. Returns the positions of the kept boxes
 // in selection order, at most `max_per_group` per group (no limit when negative).
@@ -89,6 +99,9 @@ std::vector<int64_t> greedy_nms(
   // and whether one of them suppresses it.
   std::vector<int64_t> tested(kBlockSize);
   std::vector<char> suppressed(kBlockSize);
+  const auto overlaps_any = simd::best<OverlapsAny, const NormalizedBox<T>*,
+                                       const BoxColumns<T>*, int64_t, int64_t, T>();
+  const OverlapsAny scan;
   for (int64_t begin = 0; begin < n && full_groups < groups.count; begin += kBlockSize) {
     const int64_t end = std::min<int64_t>(begin + kBlockSize, n);
     // Against the boxes kept before the block: independent per candidate, hence parallel.
@@ -97,15 +110,17 @@ std::vector<int64_t> greedy_nms(
       for (int64_t i = first; i < last; ++i) {
         const BoxColumns<T>& rivals = kept[groups.id[i]];
         tested[i - begin] = rivals.size();
+        const NormalizedBox<T> box = boxes[i];
         suppressed[i - begin] =
-            rivals.size() >= cap || overlaps_any(boxes[i], rivals, 0, rivals.size(), threshold);
+            rivals.size() >= cap || overlaps_any(scan, &box, &rivals, 0, rivals.size(), threshold);
       }
     });
     // Against the boxes kept within the block, in score order.
     for (int64_t i = begin; i < end; ++i) {
       BoxColumns<T>& rivals = kept[groups.id[i]];
+      const NormalizedBox<T> box = boxes[i];
       if (suppressed[i - begin] || rivals.size() >= cap ||
-          overlaps_any(boxes[i], rivals, tested[i - begin], rivals.size(), threshold)) {
+          overlaps_any(scan, &box, &rivals, tested[i - begin], rivals.size(), threshold)) {
         continue;
       }
       selected.push_back(i);
