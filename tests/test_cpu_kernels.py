@@ -1,5 +1,5 @@
-"""The instruction-set variants of the channels-last CPU kernels (csrc/cpu_kernels.h) compute the
-same values bit for bit. A process runs one variant, chosen by MRCNN_CPU_ISA, so each is run in a
+"""The instruction-set variants of the CPU kernels (csrc/cpu_kernels.h: the channels-last pooling
+kernels and NMS's IoU scan) compute the same values bit for bit. A process runs one variant, chosen by MRCNN_CPU_ISA, so each is run in a
 child process and compared with this process's (by default the widest the CPU has)."""
 import os
 import subprocess
@@ -14,9 +14,10 @@ import mrcnn.ops
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def channels_last_results(dtype):
+def kernel_results(dtype):
     """Crops, pooled bins and the image gradient of both, from a fixed channels-last case whose
-    37 channels leave a vector tail at every width."""
+    37 channels leave a vector tail at every width, and the boxes NMS keeps of 3,000 that
+    overlap in clusters."""
     generator = torch.Generator().manual_seed(0)
     image = torch.randn(2, 37, 23, 29, generator=generator, dtype=dtype)
     image = image.contiguous(memory_format=torch.channels_last).requires_grad_()
@@ -27,15 +28,19 @@ def channels_last_results(dtype):
     pooled = mrcnn.ops.roi_align(image, rois, (3, 4), 1.0, -1, aligned=False)
     (grad,) = torch.autograd.grad([crops, pooled], image,
                                   [torch.ones_like(crops), torch.full_like(pooled, 0.25)])
-    return [crops.detach(), pooled.detach(), grad]
+    centres = torch.rand(60, 1, 2, generator=generator, dtype=dtype).expand(60, 50, 2)
+    corners = centres + torch.randn(60, 50, 2, generator=generator, dtype=dtype) * 0.02
+    nms_boxes = torch.cat([corners, corners + 0.1], dim=2).reshape(-1, 4)
+    kept = mrcnn.ops.nms(nms_boxes, torch.rand(3000, generator=generator, dtype=dtype), 0.5)
+    return [crops.detach(), pooled.detach(), grad, kept]
 
 
 def run_child(tmp_path, isa):
-    """Runs channels_last_results in a child with MRCNN_CPU_ISA=isa; (process, saved file)."""
+    """Runs kernel_results in a child with MRCNN_CPU_ISA=isa; (process, saved file)."""
     path = tmp_path / f"{isa}.pt"
     script = ("import sys, torch\n"
-              "from tests.test_cpu_kernels import channels_last_results\n"
-              "torch.save([channels_last_results(t) for t in (torch.float32, torch.float64)],"
+              "from tests.test_cpu_kernels import kernel_results\n"
+              "torch.save([kernel_results(t) for t in (torch.float32, torch.float64)],"
               " sys.argv[1])\n")
     environment = {**os.environ, "MRCNN_CPU_ISA": isa,
                    "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -59,10 +64,12 @@ def test_instruction_set_variants_agree(tmp_path, isa):
     done, path = run_child(tmp_path, isa)
     assert done.returncode == 0, done.stderr
     for dtype, results in zip((torch.float32, torch.float64), torch.load(path)):
-        for result, expected in zip(results, channels_last_results(dtype)):
+        *pooling, kept = results
+        expected = kernel_results(dtype)
+        for result, value in zip(pooling, expected):
             assert result.is_contiguous(memory_format=torch.channels_last)
-            assert torch.equal(result, expected)
-            assert result.abs().sum() > 0
+            assert torch.equal(result, value) and result.abs().sum() > 0
+        assert torch.equal(kept, expected[-1]) and 60 <= len(kept) < 3000
 
 
 def test_unknown_instruction_set_is_refused(tmp_path):
