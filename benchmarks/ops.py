@@ -12,9 +12,9 @@ and (forward) into a reused out= tensor, and on the map laid out NCHW. The peer 
 TensorFlow (tf.image.non_max_suppression and crop_and_resize, NHWC), run by
 benchmarks/tf_ops_peer.py in a process of the Python given by --tensorflow-python; on CUDA it is
 torchvision.ops.nms and roi_align, if torchvision imports. Ours and the peer run in alternating
-rounds (one of ours, one of the peer's, the order swapped every round), so that both see the
-same load on a shared machine; the table gives the median time of each and the median over the
-rounds of peer time / ours. The plain-PyTorch reference (tests/torch_reference.py) is timed on
+rounds (calls of ours, then calls of the peer, the order swapped every round; a round repeats a
+fast op for 50 ms), so that both see the same load on a shared machine; the table gives the
+median time per call of each and the median over the rounds of peer time / ours. The plain-PyTorch reference (tests/torch_reference.py) is timed on
 its own. The table also says whether ours and the others agree: the same kept indices for NMS,
 the largest absolute difference otherwise (0 means bit for bit). It is printed and appended,
 with the machine, date and load, to benchmarks/RESULTS.md.
@@ -23,6 +23,7 @@ with the machine, date and load, to benchmarks/RESULTS.md.
     python benchmarks/ops.py --device cuda --repeat 50
 """
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -162,30 +163,40 @@ def forward_backward(image, upstream, pool):
     return lambda: torch.autograd.grad(pool(image), image, upstream)[0]
 
 
-def timed(fn, device):
-    """(seconds, result) of one call of fn()."""
+def timed(fn, device, count=1):
+    """(seconds per call, last result) of `count` calls of fn() in a row."""
     synchronize(device)
     start = time.perf_counter()
-    result = fn()
+    for _ in range(count):
+        result = fn()
     synchronize(device)
-    return time.perf_counter() - start, result
+    return (time.perf_counter() - start) / count, result
+
+
+# A round runs each side for at least this long: calls of a fast op repeat within the round, so
+# that both sides are timed warm (a single call of 0.1 ms right after the other process ran
+# would mostly time caches refilling).
+ROUND_SECONDS = 0.05
 
 
 def alternating(ours, peer, device, repeat, warmup):
-    """Times ours() and peer() (which returns its own seconds) in alternating rounds, the order
-    swapped every round, after `warmup` calls of each. Returns (median seconds of ours, median
-    seconds of the peer, median over the rounds of peer seconds / ours, ours' last result)."""
+    """Times ours() and peer(count) (which returns its own seconds for `count` calls in a row)
+    in alternating rounds, the order swapped every round, after `warmup` calls of each. A round
+    times as many calls of each side in a row as ours takes ROUND_SECONDS for. Returns (median
+    seconds per call of ours, the same of the peer, median over the rounds of the peer's time /
+    ours, ours' last result)."""
     for _ in range(warmup):
         ours()
-        peer()
+        peer(1)
+    count = max(1, math.ceil(ROUND_SECONDS / timed(ours, device)[0]))
     ours_times, peer_times, ratios = [], [], []
     for round_ in range(repeat):
         if round_ % 2:
-            peer_seconds = peer()
-            ours_seconds, result = timed(ours, device)
+            peer_seconds = peer(count) / count
+            ours_seconds, result = timed(ours, device, count)
         else:
-            ours_seconds, result = timed(ours, device)
-            peer_seconds = peer()
+            ours_seconds, result = timed(ours, device, count)
+            peer_seconds = peer(count) / count
         ours_times.append(ours_seconds)
         peer_times.append(peer_seconds)
         ratios.append(peer_seconds / ours_seconds)
@@ -288,11 +299,11 @@ class Measurements:
         print(f"{case.op}, {case.size}, {case.direction}, {case.layout} ...", flush=True)
         peer_seconds = peer_ratio = None
         if case.tensorflow and self.tensorflow is not None:
-            def peer():
-                return self.tensorflow.run(case.tensorflow) / 1000
+            def peer(count):
+                return self.tensorflow.run(f"{case.tensorflow} {count}") / 1000
         elif case.peer is not None:
-            def peer():
-                return timed(case.peer, device)[0]
+            def peer(count):
+                return timed(case.peer, device, count)[0] * count
         else:
             peer = None
         if peer is None:
@@ -446,8 +457,10 @@ def describe_run(args, tensorflow, load_before):
                     f"{ready['cpu_count']} here)")
     notes = [
         f"{args.repeat} rounds after {args.warmup} warm-up runs per row, ours and the peer "
-        f"alternating (the order swapped every round): the medians of each, and the median "
-        f"over the rounds of the peer's time / ours (above 1: ours is faster). The plain-PyTorch "
+        f"alternating (the order swapped every round; a round repeats an op faster than "
+        f"{ROUND_SECONDS * 1000:.0f} ms until ours has run that long, and the peer as many "
+        f"times): the medians of the time per call of each, and the median over the rounds of "
+        f"the peer's time / ours (above 1: ours is faster). The plain-PyTorch "
         f"reference (tests/torch_reference.py): median of {args.reference_repeat} runs after "
         f"{min(args.warmup, 1)}, once per op, input and pass. Inputs: benchmarks/op_inputs.py "
         f"(seed {op_inputs.SEED}), float32, device {device}. roi_align pools the regions "

@@ -6,8 +6,8 @@ so that its runs alternate with ours.
 Needs only TensorFlow and numpy (TensorFlow is not a dependency of mrcnn, so it lives in an
 environment of its own); ops.py starts it with the interpreter given by --tensorflow-python. Its
 first line on stdout holds the versions, threads and the inputs' fingerprints; each line read
-from stdin names a case (e.g. "crop_and_resize/7/forward", "nms/1000") and is answered with the
-milliseconds of one run of it. When stdin closes it saves every result in --outputs as .npy
+from stdin names a case and a count (e.g. "crop_and_resize/7/forward 3", "nms/1000 40") and is
+answered with the milliseconds of that many runs of it in a row. When stdin closes it saves every result in --outputs as .npy
 (kept indices, crops and image gradients in NCHW) for ops.py to compare with its own, and
 prints a last line.
 
@@ -119,10 +119,12 @@ def main():
 
     runs, fingerprints, crop_inputs = cases()
 
-    def run(name):
+    def run(request):
+        name, _, count = request.partition(" ")
         if name not in runs:
             sys.exit(f"error: tf_ops_peer.py has no case {name!r} (it has {sorted(runs)})")
-        runs[name]()
+        for _ in range(int(count or 1)):
+            runs[name]()
 
     serve(run, ready={
         "tensorflow": tf.__version__,

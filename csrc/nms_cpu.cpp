@@ -22,8 +22,10 @@ constexpr int64_t kBlockSize = 256;
 // overlap long before the estimate of one IoU per kept box; a lower bar made NMS of 6,000
 // boxes 80 times slower with two threads on a busy two-core machine.
 constexpr int64_t kMinParallelWork = int64_t{1} << 20;
-// Kept boxes tested per step of the early-exit scan; a fixed count the compiler vectorises.
-constexpr int64_t kScanChunk = 16;
+// Kept boxes tested per step of the early-exit scan; a fixed count the compiler vectorises. The
+// exit test waits for the chunk's IoU divisions, so long chunks test more boxes per wait: 128
+// made NMS of 1,000 to 12,000 boxes 1.3-1.8x faster than 16 with AVX-512.
+constexpr int64_t kScanChunk = 128;
 
 // Boxes in structure-of-arrays layout, so that loops over them vectorise.
 template <typename T>
