@@ -208,10 +208,10 @@ inline void prefetch(const void* p, int64_t bytes) {
   }
 }
 
-// Fetches the pixels of a tile into the cache ahead of the work on it, a few lines per call of
-// step(), so that the reads of the map overlap with the work on the tile before it rather than
-// wait for memory one at a time: the work's reads jump from pixel to pixel, which the CPU's own
-// prefetching does not follow.
+// Fetches the pixels of a tile into the L2 cache ahead of the work on it, a few lines per call
+// of step(), so that the reads of the map overlap with the work on the tile before it rather
+// than wait for memory one at a time: the work's reads jump from pixel to pixel, which the CPU's
+// own prefetching does not follow. (Into L2 only: in L1 they would evict the current tile's.)
 class TilePrefetcher {
  public:
   // Spreads the lines of tile `t` (of a map of `pixel_bytes` per pixel at `map`) over `steps`
@@ -234,7 +234,7 @@ class TilePrefetcher {
 
   void step() {
     for (int64_t i = 0; i < lines_per_step_ && rows_left_ > 0; ++i) {
-      __builtin_prefetch(row_ + offset_);
+      __builtin_prefetch(row_ + offset_, 0, 2);
       offset_ += kLine;
       if (offset_ >= row_bytes_) {
         offset_ = 0;
@@ -325,6 +325,13 @@ MRCNN_ALWAYS_INLINE typename Vec<T, Bytes>::type load(const T* p) {
 template <typename T, int Bytes>
 MRCNN_ALWAYS_INLINE void store(T* p, typename Vec<T, Bytes>::type value) {
   *reinterpret_cast<typename Vec<T, Bytes>::type*>(p) = value;
+}
+
+// `value`, of which the compiler may assume nothing (an optimisation barrier).
+template <typename T>
+MRCNN_ALWAYS_INLINE T* opaque(T* value) {
+  asm("" : "+r"(value));
+  return value;
 }
 
 // store(), but past the caches (x86 non-temporal store), for results too large to stay in them:

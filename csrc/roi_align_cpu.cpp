@@ -202,78 +202,101 @@ struct TiledBins {
   }
 };
 
-// A tap of a bin: the pixel's channel-0 offset and the tap's weight.
+// Taps of a bin gathered for summing: channel 0 of each tap's pixel, and the tap's weight. A bin
+// with more taps (a large adaptive sampling grid) is summed in batches, its partial sums carried
+// in memory, which rounds the same.
 template <typename T>
-struct Tap {
-  int64_t offset;
-  T weight;
+struct TapBatch {
+  static constexpr int kCapacity = 256;
+  const T* pixel[kCapacity];
+  T weight[kCapacity];
+  int count = 0;
 };
 
-// Sums the weighted taps over channels [0, Vectors * lanes) (channel 0 of a tap's pixel is at
-// input + tap.offset), starting from 0 or, with `partial`, from `sums`. Stores the sums to `sums`
-// when `out` is null, else their mean to `out`, with Stream past the caches.
+// sum / count, as a multiplication when count is a power of two (the common 2 x 2 samples a
+// bin): scaling by a power of two is exact either way, and a vector division costs several
+// multiplications.
+template <typename T>
+struct Mean {
+  T count;
+  T inverse;
+  bool power_of_two;
+
+  explicit Mean(T count_) : count(count_), inverse(T(1) / count_) {
+    int exponent;
+    power_of_two = std::frexp(count, &exponent) == T(0.5);
+  }
+
+  template <typename V>
+  MRCNN_ALWAYS_INLINE V operator()(V sum) const {
+    return power_of_two ? sum * inverse : sum / count;
+  }
+};
+
+// Sums the weighted taps over channels [c, c + Vectors * lanes), starting from 0 or, with
+// `partial`, from `sums`. Stores the sums to `sums` when `out` is null, else their mean to `out`,
+// with Stream past the caches. (sums and out point at channel c.)
 template <int Bytes, int Vectors, bool Stream, typename T>
-MRCNN_ALWAYS_INLINE void sum_tap_vectors(const std::vector<Tap<T>>& taps, const T* input,
-                                         bool partial, T* sums, T* out, T count) {
+MRCNN_ALWAYS_INLINE void sum_tap_vectors(const TapBatch<T>& taps, int64_t c, bool partial,
+                                         T* sums, T* out, const Mean<T>& mean) {
   using V = typename simd::Vec<T, Bytes>::type;
   constexpr int64_t lanes = simd::Vec<T, Bytes>::lanes;
   V sum[Vectors];
   for (int j = 0; j < Vectors; ++j) {
     sum[j] = partial ? simd::load<T, Bytes>(sums + j * lanes) : V{};
   }
-  for (const Tap<T>& tap : taps) {
-    const T* pixel = input + tap.offset;
+  for (int t = 0; t < taps.count; ++t) {
+    // Opaque, so that the loads below address pixel + a constant: otherwise GCC keeps the
+    // Vectors offsets c + j * lanes in registers, which spill.
+    const T* pixel = simd::opaque(taps.pixel[t] + c);
+    const T weight = taps.weight[t];
     for (int j = 0; j < Vectors; ++j) {
-      sum[j] += tap.weight * simd::load<T, Bytes>(pixel + j * lanes);
+      sum[j] += weight * simd::load<T, Bytes>(pixel + j * lanes);
     }
   }
   for (int j = 0; j < Vectors; ++j) {
     if (out == nullptr) {
       simd::store<T, Bytes>(sums + j * lanes, sum[j]);
     } else if constexpr (Stream) {
-      simd::store_streaming<T, Bytes>(out + j * lanes, sum[j] / count);
+      simd::store_streaming<T, Bytes>(out + j * lanes, mean(sum[j]));
     } else {
-      simd::store<T, Bytes>(out + j * lanes, sum[j] / count);
+      simd::store<T, Bytes>(out + j * lanes, mean(sum[j]));
     }
   }
 }
 
-// sum_taps over all channels: as many vectors at once as registers allow, then one by one,
-// then the channels left over.
+// sum_tap_vectors over all channels: as many vectors at once as registers allow, then one by
+// one, then the channels left over.
 template <int Bytes, bool Stream, typename T>
-MRCNN_ALWAYS_INLINE void sum_taps(const std::vector<Tap<T>>& taps, const T* input, bool partial,
-                                  T* sums, T* out, T count, int64_t channels) {
+MRCNN_ALWAYS_INLINE void sum_taps(const TapBatch<T>& taps, bool partial, T* sums, T* out,
+                                  T count, int64_t channels) {
+  const Mean<T> mean(count);
   constexpr int64_t lanes = simd::Vec<T, Bytes>::lanes;
   // 32 registers with AVX-512, 16 below.
   constexpr int vectors = Bytes == 64 ? 16 : 8;
   int64_t c = 0;
   for (; c + vectors * lanes <= channels; c += vectors * lanes) {
-    sum_tap_vectors<Bytes, vectors, Stream>(taps, input + c, partial, sums + c,
-                                     out == nullptr ? nullptr : out + c, count);
+    sum_tap_vectors<Bytes, vectors, Stream>(taps, c, partial, sums + c,
+                                            out == nullptr ? nullptr : out + c, mean);
   }
   for (; c + lanes <= channels; c += lanes) {
-    sum_tap_vectors<Bytes, 1, Stream>(taps, input + c, partial, sums + c,
-                               out == nullptr ? nullptr : out + c, count);
+    sum_tap_vectors<Bytes, 1, Stream>(taps, c, partial, sums + c,
+                                      out == nullptr ? nullptr : out + c, mean);
   }
   for (; c < channels; ++c) {
     T sum = partial ? sums[c] : T(0);
-    for (const Tap<T>& tap : taps) {
-      sum += tap.weight * input[tap.offset + c];
+    for (int t = 0; t < taps.count; ++t) {
+      sum += taps.weight[t] * taps.pixel[t][c];
     }
     if (out == nullptr) {
       sums[c] = sum;
     } else {
-      out[c] = sum / count;
+      out[c] = mean(sum);
     }
   }
 }
 
-// Taps summed at once; a bin with more (a large adaptive sampling grid) is summed in parts, a
-// row of samples at a time.
-constexpr size_t kMaxTaps = 256;
-
-// Pools bins [N, H, W, C] -> [K, pooled_height, pooled_width, C]: each bin's taps are summed a
-// row of samples at a time, all channels at once, with the partial sums kept in `sums`.
+// Pools bins [N, H, W, C] -> [K, pooled_height, pooled_width, C], all channels of a bin at once.
 template <typename T>
 struct PoolTiles {
   const TiledBins<T>* bins;
@@ -288,13 +311,17 @@ struct PoolTiles {
     const bool aligned = stream && reinterpret_cast<uintptr_t>(output) % Bytes == 0 &&
                          channels * sizeof(T) % Bytes == 0;
     std::vector<T> sums(channels);
-    std::vector<Tap<T>> taps;
+    TapBatch<T> taps;
     for (int64_t t = first; t < last; ++t) {
       const int64_t units = p.groups.begin[t + 1] - p.groups.begin[t];
       cpu::TilePrefetcher next(p.tiling, input, channels * sizeof(T), t + 1, units);
       for (int64_t i = p.groups.begin[t]; i < p.groups.begin[t + 1]; ++i) {
         next.step();
-        pool_bin<Bytes>(p.groups.units[i], aligned, sums, taps);
+        if (aligned) {
+          pool_bin<Bytes, true>(p.groups.units[i], sums.data(), taps);
+        } else {
+          pool_bin<Bytes, false>(p.groups.units[i], sums.data(), taps);
+        }
       }
     }
     if (aligned) {
@@ -303,44 +330,46 @@ struct PoolTiles {
   }
 
   // Pools `bin` into the output, with `sums` (C values) and `taps` for scratch.
-  template <int Bytes>
-  MRCNN_ALWAYS_INLINE void pool_bin(int64_t bin, bool aligned, std::vector<T>& sums,
-                                    std::vector<Tap<T>>& taps) const {
+  template <int Bytes, bool Stream>
+  MRCNN_ALWAYS_INLINE void pool_bin(int64_t bin, T* sums, TapBatch<T>& taps) const {
     const TiledBins<T>& p = *bins;
     const int64_t channels = p.params.channels;
     const RoiBins<T>& roi_bins = p.geometry->bins[p.roi(bin)];
     const SampleTaps<T>* ys = p.ys(bin);
     const SampleTaps<T>* xs = p.xs(bin);
     bool partial = false;
-    taps.clear();
+    taps.count = 0;
     for (int64_t iy = 0; iy < roi_bins.grid_h; ++iy) {
       if (!ys[iy].valid) {
         continue;
       }
-      if (!taps.empty() && taps.size() + 4 * roi_bins.grid_w > kMaxTaps) {
-        sum_taps<Bytes, false>(taps, input, partial, sums.data(), static_cast<T*>(nullptr), T(1),
-                               channels);
-        partial = true;
-        taps.clear();
-      }
       const AxisTaps<T>& y = ys[iy].taps;
+      const T* low_row = input + p.pixel(bin, y.low, 0);
+      const T* high_row = input + p.pixel(bin, y.high, 0);
       for (int64_t ix = 0; ix < roi_bins.grid_w; ++ix) {
-        if (xs[ix].valid) {
-          const AxisTaps<T>& x = xs[ix].taps;
-          // visit_taps' order and weights.
-          taps.push_back({p.pixel(bin, y.low, x.low), y.low_weight * x.low_weight});
-          taps.push_back({p.pixel(bin, y.low, x.high), y.low_weight * x.high_weight});
-          taps.push_back({p.pixel(bin, y.high, x.low), y.high_weight * x.low_weight});
-          taps.push_back({p.pixel(bin, y.high, x.high), y.high_weight * x.high_weight});
+        if (!xs[ix].valid) {
+          continue;
+        }
+        if (taps.count + 4 > TapBatch<T>::kCapacity) {
+          sum_taps<Bytes, false>(taps, partial, sums, static_cast<T*>(nullptr), T(1), channels);
+          partial = true;
+          taps.count = 0;
+        }
+        // visit_taps' order and weights.
+        const AxisTaps<T>& x = xs[ix].taps;
+        const int64_t low = x.low * channels;
+        const int64_t high = x.high * channels;
+        const T* pixels[4] = {low_row + low, low_row + high, high_row + low, high_row + high};
+        const T weights[4] = {y.low_weight * x.low_weight, y.low_weight * x.high_weight,
+                              y.high_weight * x.low_weight, y.high_weight * x.high_weight};
+        for (int k = 0; k < 4; ++k) {
+          taps.pixel[taps.count] = pixels[k];
+          taps.weight[taps.count++] = weights[k];
         }
       }
     }
-    T* out = output + bin * channels;
-    if (aligned) {
-      sum_taps<Bytes, true>(taps, input, partial, sums.data(), out, roi_bins.count(), channels);
-    } else {
-      sum_taps<Bytes, false>(taps, input, partial, sums.data(), out, roi_bins.count(), channels);
-    }
+    sum_taps<Bytes, Stream>(taps, partial, sums, output + bin * channels, roi_bins.count(),
+                            channels);
   }
 };
 
