@@ -21,11 +21,12 @@ import train
 from mrcnn import trainer as trainer_module
 from mrcnn.config import Config
 from mrcnn.detector import MaskScoringRCNN
-from mrcnn.trainer import WarmupSchedule
+from mrcnn.trainer import ResumeMismatchError, Trainer, TrainerError, WarmupSchedule
 from mrcnn.training import (LOSS_NAMES, TrainingModel, pixel_anchors, regularized_parameters,
                             set_trainable, total_loss)
 from mrcnn.weights import CLASS_LAYERS, load_pretrained, save_weights
 from preprocess.synthetic import write_dataset
+from preprocess.training_data import flip_left_right
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -421,6 +422,69 @@ def test_ddp_on_two_processes_matches_one_process_over_the_same_batch(shapes, tm
         step = torch.nextafter(weight.abs(), torch.tensor(float("inf"))) - weight.abs()
         tolerance = 4 * step + 2e-3 * update.abs().max()
         assert ((ours[name] - weight).abs() <= tolerance).all(), name
+
+
+class BoxesDataset:
+    """Two 64x64 images with two rectangles each, through Matterport's Dataset interface only."""
+
+    num_classes = 3
+    class_names = ["BG", "wide", "tall"]
+    image_ids = np.arange(2)
+    boxes = [[(8, 4, 20, 40, 1), (30, 40, 60, 52, 2)], [(40, 6, 56, 50, 1), (4, 20, 36, 30, 2)]]
+
+    def load_image(self, image_id):
+        image = np.full((64, 64, 3), 40 * image_id + 30, np.uint8)
+        for y1, x1, y2, x2, class_id in self.boxes[image_id]:
+            image[y1:y2, x1:x2] = 200 if class_id == 1 else 120
+        return image
+
+    def load_mask(self, image_id):
+        masks = np.zeros((64, 64, 2), bool)
+        for k, (y1, x1, y2, x2, _) in enumerate(self.boxes[image_id]):
+            masks[y1:y2, x1:x2, k] = True
+        return masks, np.array([box[-1] for box in self.boxes[image_id]], np.int32)
+
+    def image_reference(self, image_id):
+        return f"boxes image {image_id}"
+
+
+def test_the_library_trains_stages_as_matterport_and_a_rerun_script_resumes(tmp_path):
+    """Matterport's MaskRCNN.train semantics through mrcnn.trainer: absolute epochs, stages,
+    any dataset with Matterport's interface, an augmentation callable; a script of stages run
+    again after resume() skips the done stages."""
+    dataset, messages = BoxesDataset(), []
+    calls = []
+
+    def counting_flip(image, masks):
+        calls.append(1)
+        return flip_left_right(image, masks)
+
+    def trainer():
+        torch.manual_seed(0)
+        model = MaskScoringRCNN(Config(**dict(TINY, NUM_CLASSES=3)))
+        return Trainer(model, tmp_path, steps_per_epoch=1, validation_steps=1, workers=0,
+                       progress=False, log=messages.append)
+
+    first = trainer()
+    assert first.resume() is None
+    first.train(dataset, dataset, 0.01, 1, "heads", augmentation=counting_flip)
+    first.train(dataset, None, 0.01, 2, "5+")
+    assert (first.epoch, first.global_step) == (2, 2) and len(calls) == 2
+    rows = read_metrics(tmp_path, "validation.csv")
+    assert [row["epoch"] for row in rows] == ["1", "2"] and rows[1]["val_loss"] == ""
+
+    again = trainer()
+    assert again.resume() == tmp_path / "epoch_0002.pth" and again.epoch == 2
+    again.train(dataset, dataset, 0.01, 1, "heads", augmentation=counting_flip)
+    again.train(dataset, None, 0.01, 2, "5+")
+    assert again.global_step == 2 and len(calls) == 2
+    assert messages.count("already trained to epoch 2; nothing to do up to epoch 1") == 1
+    with pytest.raises(ResumeMismatchError) as error:
+        again.train(dataset, None, 0.001, 3, "5+")
+    assert error.value.differences == {"learning_rate": (0.01, 0.001)}
+    with pytest.raises(TrainerError, match="the train dataset has 3 classes"):
+        Trainer(MaskScoringRCNN(Config(**dict(TINY, NUM_CLASSES=4))), tmp_path / "other",
+                workers=0).train(dataset, None, 0.01, 1, "heads")
 
 
 def test_eval_every_records_box_and_mask_ap(shapes, tmp_path, capsys):
