@@ -228,11 +228,11 @@ class Trainer:
         training = checkpoint["training"]
         self.epoch, self.global_step = training["epoch"], training["global_step"]
         self._resumed = (path, training["settings"], state)
-        later = [later for epoch, later in epoch_checkpoints(self.run_dir).items()
+        newer = [str(newer_path) for epoch, newer_path in epoch_checkpoints(self.run_dir).items()
                  if epoch > self.epoch]
-        if later:
-            self.log(f"note: {', '.join(map(str, later))} hold weights only; resuming from "
-                     "the newest complete checkpoint")
+        if newer:
+            self.log(f"note: {', '.join(newer)} hold weights only; resuming from the newest "
+                     "complete checkpoint")
         return path
 
     def continue_from(self, path):
@@ -281,8 +281,8 @@ class Trainer:
         logs = RunLogs(self.run_dir, self.global_step, self.log) if self.rank == 0 else None
         if logs is not None:
             self.config.to_json(self.run_dir / CONFIG_FILE)
-        batches = iter(self._loader(train_dataset, trainable_image_indices(train_dataset),
-                                    self.epoch, epochs - self.epoch, augmentation))
+        batches = iter(self._loader(train_dataset, self.epoch, epochs - self.epoch,
+                                    augmentation))
         try:
             for epoch in range(self.epoch, epochs):
                 self._epoch(stage, batches, epoch, epochs, val_dataset, logs)
@@ -318,8 +318,12 @@ class Trainer:
             raise TrainerError("eval_every evaluates COCO AP on the validation dataset, which "
                                "must be a preprocess.coco.CocoDataset")
 
-    def _loader(self, dataset, image_ids, epoch, epochs, augmentation, steps=None):
+    def _loader(self, dataset, epoch, epochs, augmentation, steps=None):
         """Batches of `epochs` epochs from `epoch` (this process's share), in draw order."""
+        image_ids = trainable_image_indices(dataset)
+        if not image_ids:
+            raise TrainerError(f"no image to train on in {dataset!r}: none has an instance "
+                               "of a class that is not a crowd")
         samples = TrainingSamples(dataset, self.config, augmentation, seed=self.seed)
         sampler = DrawSampler(image_ids, self.config.IMAGES_PER_GPU,
                               steps or self.steps_per_epoch, epoch, self.seed, self.rank,
@@ -337,8 +341,7 @@ class Trainer:
         """Mean losses over validation_steps batches of `dataset`: the same batches and target
         samples every epoch, so that epochs compare."""
         stage.training_model.eval()
-        loader = self._loader(dataset, trainable_image_indices(dataset), 0, 1, None,
-                              steps=self.validation_steps)
+        loader = self._loader(dataset, 0, 1, None, steps=self.validation_steps)
         total = 0.0
         for batch in tqdm(loader, desc="validation", unit="step", leave=False,
                           disable=not self.progress):
