@@ -13,7 +13,8 @@ from tqdm import tqdm
 
 from mrcnn.atomic import atomic_write
 from mrcnn.cli import (CliError, add_max_pixels_argument, add_model_arguments, build_config,
-                       drawable, error_message, load_model, reports_errors, resolve_device)
+                       check_no_overwrite, drawable, error_message, load_model, make_out_dir,
+                       reports_errors, resolve_device)
 from preprocess.images import IMAGE_ERRORS, check_resizable, load_image
 from postprocess.visualize import draw_instances, result_to_coco_json, write_png
 
@@ -159,17 +160,6 @@ def write_outputs(image, result, out_dir, stem, class_names, write_json, drawn=N
     return written
 
 
-def check_no_overwrite(paths, stems, out_dir):
-    """Raises CliError when an output file would replace one of the inputs."""
-    inputs = {os.path.realpath(path): path for path in paths}
-    for stem in stems:
-        for suffix in (".png", ".json"):
-            clash = inputs.get(os.path.realpath(out_dir / f"{stem}{suffix}"))
-            if clash is not None:
-                raise CliError(f"--out {out_dir} would overwrite the input {clash}; choose "
-                               "another output folder")
-
-
 def check_arguments(args, parser):
     if args.min_score is not None and not 0.0 <= args.min_score <= 1.0:
         parser.error(f"--min-score must be in [0, 1], got {args.min_score}")
@@ -187,14 +177,10 @@ def main(argv=None):
         print(f"error: {problem}", file=sys.stderr)
     if not paths:
         raise CliError("no images to process")
-    out_dir = Path(args.out)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise CliError(f"cannot create the output folder {out_dir}: "
-                       f"{error_message(error)}") from None
+    out_dir = make_out_dir(args.out)
     stems = output_stems(paths)
-    check_no_overwrite(paths, stems, out_dir)
+    check_no_overwrite(out_dir, [stem + suffix for stem in stems for suffix in (".png", ".json")],
+                       paths)
     device = resolve_device(args.device)
     config = build_config(args.config, args.weights)
     model = load_model(config, args.weights, device)

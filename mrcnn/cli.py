@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from mrcnn.atomic import remove_stale_temporaries
 from mrcnn.config import CocoConfig, Config
 from mrcnn.images import DEFAULT_MAX_PIXELS
 from mrcnn.weights import (CHECKPOINT_VERSION, DownloadError, MaskIoUHeadNotInFileWarning,
@@ -270,6 +271,34 @@ def _existing(path):
     if not path.is_file():
         raise FileNotFoundError(errno.ENOENT, "weights file not found", str(path))
     return path
+
+
+def make_out_dir(out):
+    """Path(out), created with its parents, without the temporary files that writers killed
+    there left (mrcnn.atomic); CliError when that is impossible."""
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CliError(f"--out {out_dir} exists and is not a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CliError(f"cannot create the output folder {out_dir}: "
+                       f"{error_message(error)}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise CliError(f"--out {out_dir} is not writable")
+    remove_stale_temporaries(out_dir)
+    return out_dir
+
+
+def check_no_overwrite(out_dir, names, inputs):
+    """Raises CliError when a file `names` (file names) in out_dir would replace one of the
+    `inputs` (paths), links followed."""
+    inputs = {os.path.realpath(path): path for path in inputs if path is not None}
+    for name in names:
+        clash = inputs.get(os.path.realpath(Path(out_dir) / name))
+        if clash is not None:
+            raise CliError(f"--out {out_dir} would overwrite the input {clash}; choose another "
+                           "output folder")
 
 
 def drawable(result, model):
