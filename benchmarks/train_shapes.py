@@ -10,7 +10,7 @@ validation split twice, at Matterport's COCO threshold (--min-confidence 0): mas
 class score (--mask-score cls, plain Mask R-CNN) and by the mask score, class score x the MaskIoU
 head's predicted IoU (--mask-score maskiou, Mask Scoring R-CNN). The goals: box AP >= 50 (the
 detector is trained well enough for the comparison to mean something) and a mask score ranking at
-least 1.0 mask AP above the class score ranking (the paper's gain on COCO is 1.3 to 1.4).
+least 1.0 mask AP above the class score ranking (the official code's gain on COCO minival is 1.3 to 1.4).
 
 Throughput. Short train.py runs at 512 and 1024 px with AMP: images per second of training, the
 median step wall time (data loading included) after the warm-up steps.
@@ -39,9 +39,15 @@ from preprocess.synthetic import write_dataset  # noqa: E402
 BOX_AP_GOAL = 50.0
 MASK_SCORE_GAIN_GOAL = 1.0
 
-# The model is ResNet-50 FPN from scratch, so its BatchNorms learn (TRAIN_BN) with 16 images per
-# batch; anchors fit the shapes, 6% to 22% of the 256 px side. Throughput runs use train.py's
-# defaults (Matterport's Config: ResNet-101, 200 RoIs per image) at each size.
+# A model small enough for CPU steps of a second or so.
+TINY_MODEL = {"BACKBONE": "resnet50", "MINI_MASK_SHAPE": [28, 28], "TOP_DOWN_PYRAMID_SIZE": 32,
+              "FPN_CLASSIF_FC_LAYERS_SIZE": 64, "TRAIN_ROIS_PER_IMAGE": 16,
+              "POST_NMS_ROIS_TRAINING": 128, "PRE_NMS_LIMIT": 512,
+              "RPN_TRAIN_ANCHORS_PER_IMAGE": 64}
+
+# The GPU preset's model is ResNet-50 FPN from scratch, so its BatchNorms learn (TRAIN_BN) with 16
+# images per batch; anchors fit the shapes, 6% to 22% of the 256 px side. Its throughput runs use
+# train.py's defaults (Matterport's Config: ResNet-101, 200 RoIs per image) at each size.
 PRESETS = {
     "gpu": {
         "device": "cuda", "amp": True, "workers": min(8, os.cpu_count() or 1), "threads": None,
@@ -59,16 +65,10 @@ PRESETS = {
         "device": "cpu", "amp": False, "workers": 0, "threads": 1,
         "size": 64, "train_images": 2, "val_images": 2,
         "epochs": 1, "steps_per_epoch": 2, "lr": 0.01, "warmup_steps": 0, "lr_drop": [],
-        "config": {"BACKBONE": "resnet50", "IMAGES_PER_GPU": 1, "MINI_MASK_SHAPE": [28, 28],
-                   "TOP_DOWN_PYRAMID_SIZE": 32, "FPN_CLASSIF_FC_LAYERS_SIZE": 64,
-                   "TRAIN_ROIS_PER_IMAGE": 16, "POST_NMS_ROIS_TRAINING": 128,
-                   "POST_NMS_ROIS_INFERENCE": 64, "PRE_NMS_LIMIT": 512,
-                   "RPN_TRAIN_ANCHORS_PER_IMAGE": 64, "DETECTION_MAX_INSTANCES": 10},
+        "config": dict(TINY_MODEL, IMAGES_PER_GPU=1, POST_NMS_ROIS_INFERENCE=64,
+                       DETECTION_MAX_INSTANCES=10),
         "throughput": {"sizes": {64: 1, 128: 1}, "images": 2, "steps": 2, "warmup": 1,
-                       "config": {"BACKBONE": "resnet50", "MINI_MASK_SHAPE": [28, 28],
-                                  "TOP_DOWN_PYRAMID_SIZE": 32, "FPN_CLASSIF_FC_LAYERS_SIZE": 64,
-                                  "TRAIN_ROIS_PER_IMAGE": 16, "POST_NMS_ROIS_TRAINING": 128,
-                                  "PRE_NMS_LIMIT": 512, "RPN_TRAIN_ANCHORS_PER_IMAGE": 64}},
+                       "config": TINY_MODEL},
     },
 }
 
@@ -79,17 +79,20 @@ def build_parser():
     parser.add_argument("--smoke", action="store_true",
                         help="the tiny CPU preset: every step of the benchmark in a minute or two; "
                              "its numbers mean nothing and are never recorded")
-    parser.add_argument("--epochs", type=positive, help="training epochs (default: the preset's)")
-    parser.add_argument("--steps-per-epoch", type=positive,
+    parser.add_argument("--epochs", type=positive, metavar="E",
+                        help="training epochs (default: the preset's; the learning rate drops "
+                             "after the preset's epochs that come before E)")
+    parser.add_argument("--steps-per-epoch", type=positive, metavar="N",
                         help="optimisation steps per epoch (default: the preset's)")
-    parser.add_argument("--workers", type=positive, help="train.py's data-loading workers "
-                                                         "(default: the preset's)")
+    parser.add_argument("--workers", type=natural, metavar="W",
+                        help="train.py's data-loading workers (default: the preset's; 0 loads "
+                             "in the training process)")
     parser.add_argument("--skip-throughput", action="store_true",
                         help="train and evaluate only, without the 512/1024 px throughput runs")
-    parser.add_argument("--data", type=Path,
+    parser.add_argument("--data", type=Path, metavar="DIR",
                         help="folder of the synthetic datasets, written once and reused (default: "
                              "mrcnn_train_shapes under the system temporary directory)")
-    parser.add_argument("--out", type=Path,
+    parser.add_argument("--out", type=Path, metavar="DIR",
                         help="folder of the training runs and evaluations (default: a fresh "
                              "temporary directory)")
     parser.add_argument("--quiet", action="store_true",
@@ -99,11 +102,20 @@ def build_parser():
     return parser
 
 
-def positive(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def integer_from(low):
+    """An argparse type: an integer >= low."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+    return parse
+
+
+positive, natural = integer_from(1), integer_from(0)
 
 
 def run_script(script, arguments, threads=None):
@@ -124,7 +136,10 @@ def shapes_dataset(folder, size, train_images, val_images):
     """The synthetic shapes of these dimensions (seed 0) under `folder`, written once."""
     path = folder / f"shapes_{size}px_{train_images}_{val_images}"
     if not (path / "annotations" / "instances_val.json").exists():
-        write_dataset(path, train_images, val_images, seed=0, size=size, overwrite=True)
+        try:
+            write_dataset(path, train_images, val_images, seed=0, size=size, overwrite=True)
+        except OSError as error:
+            sys.exit(f"error: cannot write the shapes dataset to {path}: {error}")
     return path
 
 
