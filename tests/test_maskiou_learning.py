@@ -161,15 +161,30 @@ def degraded(targets, generator):
     return torch.stack(variants, dim=1)
 
 
-def predicted_and_true_iou(head, samples, masks):
-    """The head's IoU of masks [R, V, h, w] for the RoIs of `samples` and their true IoU, as
-    TrainingModel computes both -> (predicted [R * V], true [R * V])."""
+def held_out_cases(samples, generator):
+    """Every degraded mask of every RoI of `samples` -> (pooled [M, C, 14, 14], masks [M, h, w],
+    class ids [M], true IoU [M] float64, computed here in numpy)."""
     pooled, targets, class_ids, ratios = samples
+    # The RoIs are the instances' boxes: each instance lies wholly inside its RoI, and the true IoU
+    # is that of the two 28x28 masks.
+    assert torch.all(ratios == 1)
+    masks = degraded(targets, generator)
     source = torch.arange(len(targets)).repeat_interleave(masks.shape[1])
     masks = masks.flatten(0, 1)
+    predicted, truth = masks.numpy() > 0.5, targets[source].numpy() > 0.5
+    true_iou = (predicted & truth).sum(axis=(1, 2)) / (predicted | truth).sum(axis=(1, 2))
+    # ...which is what the head trains on.
+    np.testing.assert_allclose(maskiou_targets(masks, targets[source], ratios[source]), true_iou,
+                               rtol=1e-6)
+    return pooled[source], masks, class_ids[source], true_iou
+
+
+def ranking_quality(head, cases):
+    """Spearman correlation of the head's predicted IoU of the held-out masks with their true IoU."""
+    pooled, masks, class_ids, true_iou = cases
     with torch.no_grad():
-        predicted = head(pooled[source], masks)[torch.arange(len(source)), class_ids[source]]
-    return predicted, maskiou_targets(masks, targets[source], ratios[source])
+        predicted = head(pooled, masks)[torch.arange(len(masks)), class_ids]
+    return spearman(predicted, true_iou)
 
 
 @pytest.fixture
@@ -194,12 +209,11 @@ def test_maskiou_head_learns_to_rank_masks_by_iou(one_thread):
     training = roi_samples(model, TRAINING_IMAGES)
     held_out = roi_samples(model, HELD_OUT_IMAGES)
     generator = torch.Generator().manual_seed(0)
-    held_out_masks = degraded(held_out[1], generator)
+    cases = held_out_cases(held_out, generator)
+    true_iou = cases[-1]
+    assert true_iou.min() < 0.2 and true_iou.max() == 1.0 and np.median(true_iou) < 0.8
     head = model.maskiou_head
-
-    predicted, true_iou = predicted_and_true_iou(head, held_out, held_out_masks)
-    assert true_iou.min() < 0.2 and true_iou.max() == 1.0 and true_iou.median() < 0.8
-    before = spearman(predicted, true_iou)
+    before = ranking_quality(head, cases)
 
     pooled, targets, class_ids, ratios = training
     masks = degraded(targets, generator)
@@ -217,8 +231,7 @@ def test_maskiou_head_learns_to_rank_masks_by_iou(one_thread):
         optimizer.step()
         schedule.step()
 
-    predicted, true_iou = predicted_and_true_iou(head, held_out, held_out_masks)
-    after = spearman(predicted, true_iou)
+    after = ranking_quality(head, cases)
     print(f"Spearman of predicted and true IoU on {len(true_iou)} held-out masks: "
           f"{before:.3f} untrained, {after:.3f} after {STEPS} steps")
     assert abs(before) < 0.3
