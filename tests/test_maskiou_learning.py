@@ -11,7 +11,9 @@ random.
 
 Sized for the CPU: 128 px images, an 8-channel FPN, and a head 16 (not 256) convolution
 channels and 128 (not 1024) fully connected units wide: the same layers and forward pass at a
-small fraction of the cost. The backbone is the model's seeded initialisation.
+small fraction of the cost. The backbone is the model's seeded initialisation with BatchNorm
+statistics measured on synthetic images. The head trains with Adam on a cosine schedule: in the
+few hundred steps a CPU test affords, it got further than train.py's SGD.
 """
 import numpy as np
 import pytest
