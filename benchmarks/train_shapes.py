@@ -38,6 +38,7 @@ from preprocess.synthetic import write_dataset  # noqa: E402
 
 BOX_AP_GOAL = 50.0
 MASK_SCORE_GAIN_GOAL = 1.0
+THROUGHPUT_LR = 0.001  # Matterport's LEARNING_RATE
 
 # A model small enough for CPU steps of a second or so.
 TINY_MODEL = {"BACKBONE": "resnet50", "MINI_MASK_SHAPE": [28, 28], "TOP_DOWN_PYRAMID_SIZE": 32,
@@ -218,7 +219,9 @@ def throughput(preset, args, data, out):
         dataset = shapes_dataset(data, size, settings["images"], 1)
         config = dict(settings["config"], IMAGE_MIN_DIM=size, IMAGE_MAX_DIM=size,
                       IMAGES_PER_GPU=batch)
-        timing = dict(preset, warmup_steps=0, lr_drop=[])
+        # Only the step times count: a small learning rate keeps the losses from scratch finite
+        # (train.py stops at a non-finite one).
+        timing = dict(preset, lr=THROUGHPUT_LR, warmup_steps=0, lr_drop=[])
         _, steps, _ = train(out / f"throughput_{size}", dataset, config, timing, 1,
                             settings["steps"], args.quiet)
         seconds = median_after(steps, settings["warmup"])
@@ -263,7 +266,8 @@ def report(preset_name, preset, result, speeds, loads):
         settings = preset["throughput"]
         notes.append("Throughput: train.py from scratch on the shapes at each size, s/step = "
                      "median step wall time (data loading included) after "
-                     f"{settings['warmup']} warm-up steps of {settings['steps']}; config: "
+                     f"{settings['warmup']} warm-up steps of {settings['steps']} at lr "
+                     f"{THROUGHPUT_LR}; config: "
                      f"{json.dumps(settings['config']) if settings['config'] else 'defaults'}.")
     return tables, notes
 
