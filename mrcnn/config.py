@@ -26,6 +26,7 @@ COCO_CLASS_NAMES = [
 
 RESIZE_MODES = ("none", "square", "pad64", "crop")
 BACKBONES = ("resnet50", "resnet101")
+PRECISIONS = ("exact", "tf32", "bf16")   # see mrcnn.precision
 
 
 class Config:
@@ -102,6 +103,11 @@ class Config:
 
     # Mask Scoring R-CNN: weight of the MaskIoU regression loss.
     MASKIOU_LOSS_WEIGHT = 1.0
+
+    # Arithmetic of the inference forward pass (mrcnn.precision): "exact" (float32, TF32 off:
+    # Matterport's numbers), "tf32" (TF32 convolutions and matmuls on recent GPUs) or "bf16"
+    # (bfloat16 autocast for the network layers).
+    PRECISION = "exact"
 
     # Values computed from the fields above; from_json accepts them only when they agree.
     DERIVED = ("BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE", "BACKBONE_SHAPES",
@@ -184,6 +190,9 @@ class Config:
                              "supported")
         if self.IMAGES_PER_GPU < 1 or self.GPU_COUNT < 1:
             raise ValueError("IMAGES_PER_GPU and GPU_COUNT must be >= 1")
+        if self.PRECISION not in PRECISIONS:
+            raise ValueError(f"PRECISION must be one of {', '.join(PRECISIONS)}, "
+                             f"got {self.PRECISION!r}")
 
     def class_names(self):
         """Display names for the NUM_CLASSES classes."""
