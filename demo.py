@@ -12,8 +12,8 @@ import numpy as np
 from tqdm import tqdm
 
 from mrcnn.atomic import atomic_write
-from mrcnn.cli import (CliError, add_model_arguments, build_config, drawable, error_message,
-                       load_model, reports_errors, resolve_device)
+from mrcnn.cli import (CliError, add_model_arguments, add_precision_argument, build_config,
+                       drawable, error_message, load_model, reports_errors, resolve_device)
 from preprocess.images import ImageLoadError, load_image
 from postprocess.visualize import draw_instances, result_to_coco_json, write_png
 
@@ -50,6 +50,7 @@ def build_parser():
     parser.add_argument("images", nargs="*", metavar="IMAGES",
                         help="image files, folders or glob patterns (default: samples/)")
     add_model_arguments(parser)
+    add_precision_argument(parser)
     parser.add_argument("--out", default="out", metavar="DIR",
                         help="folder for the annotated images and JSON files, created if needed "
                              "(default: out)")
@@ -191,6 +192,8 @@ def main(argv=None):
     check_no_overwrite(paths, stems, out_dir)
     device = resolve_device(args.device)
     config = build_config(args.config, args.weights)
+    if args.precision:
+        config.update(PRECISION=args.precision)
     model = load_model(config, args.weights, device)
     class_names = config.class_names()
 

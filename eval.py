@@ -5,7 +5,7 @@ import sys
 
 import torch.distributed as dist
 
-from mrcnn.cli import CliError, build_config, join_processes, load_model
+from mrcnn.cli import CliError, add_precision_argument, build_config, join_processes, load_model
 from mrcnn.weights import WeightsError, is_hdf5
 from postprocess import coco_eval
 from preprocess.coco import CocoDataset, DatasetError, coco_layout
@@ -81,6 +81,7 @@ def build_parser():
     model.add_argument("--min-confidence", type=float, metavar="X",
                        help="DETECTION_MIN_CONFIDENCE: drop detections with a lower class score "
                             "(default: the config's value; Matterport evaluates COCO with 0)")
+    add_precision_argument(model)
 
     run = parser.add_argument_group("run")
     run.add_argument("--limit", type=int, metavar="N",
@@ -186,7 +187,7 @@ def prepare(args, device, verbose=True):
               "pass --mask-score cls to rank masks by the class score", file=sys.stderr)
     settings = {"weights": os.path.abspath(args.weights), "config": config_source,
                 "device": str(device), "batch_size": args.batch_size or config.BATCH_SIZE,
-                "min_confidence": config.DETECTION_MIN_CONFIDENCE}
+                "min_confidence": config.DETECTION_MIN_CONFIDENCE, "precision": config.PRECISION}
     return dataset, model, settings
 
 
@@ -206,6 +207,8 @@ def _config(args):
         source = f"the config saved in {args.weights}"
     if args.min_confidence is not None:
         config.update(DETECTION_MIN_CONFIDENCE=args.min_confidence)
+    if args.precision:
+        config.update(PRECISION=args.precision)
     return config, source
 
 

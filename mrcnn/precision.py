@@ -80,3 +80,16 @@ class Precision:
         if self.name != "bf16":
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=torch.bfloat16)
+
+
+def fast_precision(device):
+    """(precision, reason): "bf16" where bfloat16 has hardware support (CUDA GPUs of compute
+    capability 8.0 and later, CPUs with AVX512-BF16 or AMX), else "exact"."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return "bf16", f"{torch.cuda.get_device_name(device)} computes bfloat16 natively"
+        return "exact", "this GPU has no native bfloat16"
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        return "bf16", "this CPU has AVX512-BF16/AMX"
+    return "exact", "this CPU has no bfloat16 instructions"

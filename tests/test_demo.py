@@ -122,6 +122,23 @@ def test_bad_options_are_usage_errors(argv, message, capsys):
     assert info.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_precision_reaches_the_model_and_is_checked(tmp_path, monkeypatch, capsys):
+    built = []
+
+    def load_model(config, weights, device):
+        built.append(config.PRECISION)
+        raise cli.CliError("stopped before loading")
+
+    monkeypatch.setattr(demo, "load_model", load_model)
+    image = str(REFERENCE / "input_0_astronaut.png")
+    for precision in ("bf16", "exact"):
+        assert demo.main([image, "--precision", precision, "--out", str(tmp_path)]) == 1
+    assert built == ["bf16", "exact"]
+    with pytest.raises(SystemExit) as info:
+        demo.main([image, "--precision", "fp16"])
+    assert info.value.code == 2 and "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
 def test_no_images_is_an_error(tmp_path, capsys):
     assert demo.main([str(tmp_path / "nothing-*.jpg"), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
@@ -163,7 +180,7 @@ def test_offline_without_weights_says_how_to_pass_them(tmp_path, monkeypatch, ca
 def test_help_names_every_option():
     text = demo.build_parser().format_help()
     for option in ("IMAGES", "--weights", "--config", "--out", "--json", "--device",
-                   "--min-score", "--batch-size", "samples/"):
+                   "--min-score", "--batch-size", "samples/", "--precision"):
         assert option in text
 
 
