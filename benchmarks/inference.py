@@ -369,15 +369,7 @@ def main():
     else:
         notes.append("The Matterport Keras/TensorFlow peer was not run (pass --matterport and "
                      "--tensorflow-python to add it).")
-    notes.append(f"Load average (1 min) at the start / end: {load_before:.1f} / "
-                 f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")
-    notes += args.note
-    table = markdown_table(header, rows)
-    if args.no_record:
-        print(table)
-        print("\n".join(notes))
-    else:
-        record("detect() per image", args.device, table, notes)
+    publish("detect() per image", args, header, rows, notes, load_before)
 
 
 def compare_precisions(args):
@@ -417,15 +409,21 @@ def compare_precisions(args):
         "matched: exact's detections paired one to one with this precision's detections of the "
         "same class, greedily by mask IoU (pairs with IoU >= 0.5); smallest mask IoU: over the "
         "pairs. The weights are synthetic (random): their activations amplify rounding far more "
-        "than trained weights do. On a CPU tf32 is exact's arithmetic.",
-        f"Load average (1 min) at the start / end: {load_before:.1f} / "
-        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores."] + args.note
+        "than trained weights do. On a CPU tf32 is exact's arithmetic."]
+    publish("detect() per image by precision", args, header, rows, notes, load_before)
+
+
+def publish(title, args, header, rows, notes, load_before):
+    """Prints the table and its notes (with the load and the --note lines) and, unless
+    --no-record, appends them to RESULTS.md."""
+    notes = notes + [f"Load average (1 min) at the start / end: {load_before:.1f} / "
+                     f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores."] + args.note
     table = markdown_table(header, rows)
     if args.no_record:
         print(table)
         print("\n".join(notes))
     else:
-        record("detect() per image by precision", args.device, table, notes)
+        record(title, args.device, table, notes)
 
 
 if __name__ == "__main__":
