@@ -80,9 +80,8 @@ def measure(backbone, size, device, weights, image_path, precisions=("exact",), 
     import torch
 
     from mrcnn.config import CocoConfig
-    from mrcnn.detector import MaskScoringRCNN, unmold_results
+    from mrcnn.detector import MaskScoringRCNN
     from preprocess.images import load_image
-    from mrcnn.molding import mold_inputs
 
     config = CocoConfig(BACKBONE=backbone, IMAGES_PER_GPU=batch, IMAGE_MIN_DIM=size,
                         IMAGE_MAX_DIM=size)
@@ -103,12 +102,8 @@ def measure(backbone, size, device, weights, image_path, precisions=("exact",), 
             times[precision][name].append(time.perf_counter() - start)
 
         with timer("total"):
-            with timer("molding"):
-                molded, metas, windows = mold_inputs(images, config, device=model.device)
-            outputs = model.infer(molded, metas, timer=timer, precision=precision)
-            with timer("unmolding"):
-                results[precision] = unmold_results(images, outputs, tuple(molded.shape[-2:]),
-                                                    windows)[0]
+            results[precision] = model.run_batch(images, timer=timer,
+                                                  precision=precision).results[0]
 
     calls = []
 

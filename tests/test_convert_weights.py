@@ -625,7 +625,7 @@ def test_cli_failure_writes_nothing(tmp_path, r50_h5, fake_network, capsys):
 def test_cli_says_when_the_file_does_not_tell_the_settings(tmp_path, fake_network, capsys):
     tiny_h5(tmp_path / "w.h5")
     assert cli_main([str(tmp_path / "w.h5"), str(tmp_path / "w.pth"), "--num-classes", "4"]) == 1
-    assert "cannot tell BACKBONE from the file; pass --backbone or --config" in \
+    assert f"cannot tell BACKBONE from {tmp_path / 'w.h5'}; pass --backbone or --config" in \
         capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.h5"]
 
