@@ -10,7 +10,8 @@
 # ($GPU_CHECK_BUDGET seconds, default 470): a step that would start with less than 15 s left
 # is skipped, and says so. A step that fails does not stop the ones after it.
 #   env        GPU, driver, torch and CUDA versions, CPU count
-#   wheels     pip install --no-deps --no-index .whl/*.whl (pycocotools, carried; no network)
+#   wheels     pip install --no-deps --no-index .whl/*.whl (carried: the machine has no network;
+#              pycocotools for the tests, ninja for a parallel build)
 #   build      the extension for this GPU's architecture (MRCNN_FORCE_CUDA=1)
 #   pytest     pytest -k cuda (with -n auto when pytest-xdist is installed), junit XML
 #   memcheck   compute-sanitizer memcheck over tools/ops_smoke.py (every op, dtype, odd sizes,
@@ -64,7 +65,8 @@ import torch
 print("python", sys.version.split()[0])
 print("torch", torch.__version__, "CUDA", torch.version.cuda, "cuDNN", torch.backends.cudnn.version())
 print("GPU", torch.cuda.get_device_name() if torch.cuda.is_available() else None)
-for name in ("torchvision", "numpy", "pycocotools", "pytest", "pytest-xdist", "opencv-python"):
+for name in ("torchvision", "numpy", "pycocotools", "pytest", "pytest-xdist", "opencv-python",
+             "ninja"):
     try:
         print(name, metadata.version(name))
     except metadata.PackageNotFoundError:
@@ -87,7 +89,7 @@ step_build() {
 step_pytest() {
   local parallel=()
   if "$PY" -c "import xdist" 2>/dev/null; then parallel=(-n auto); fi
-  "$PY" -m pytest -q -k cuda "${parallel[@]}" --junitxml="$OUT/pytest.xml" -W ignore::UserWarning
+  "$PY" -m pytest -q -k cuda "${parallel[@]}" --junitxml="$OUT/pytest.xml"
 }
 sanitizer() {
   local tool
