@@ -289,7 +289,7 @@ def test_bad_argument_is_a_clear_error(device, name):
 @CUDA
 @pytest.mark.parametrize("name", [name for name in CASES
                                   if name not in CPU_ONLY | NEEDS_OTHER_DEVICE])
-def test_messages_are_the_same_on_both_devices(name):
+def test_messages_are_the_same_on_cpu_and_cuda(name):
     cpu, cuda = outcomes("cpu")[name], outcomes("cuda")[name]
     assert "crash" not in cuda, cuda["crash"]
     assert (cuda["type"], cuda["message"]) == (cpu["type"], cpu["message"])

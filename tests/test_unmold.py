@@ -223,7 +223,7 @@ def test_unmold_batch_equals_unmolding_each_image(device):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
-def test_unmold_batch_waits_for_the_device_twice_whatever_the_chunks(monkeypatch):
+def test_unmold_batch_on_cuda_waits_twice_whatever_the_chunks(monkeypatch):
     rng = np.random.default_rng(6)
     detections, masks = random_detections(rng, (256, 256), (0, 0, 256, 256), 40, 60)
     monkeypatch.setattr(mrcnn.unmold, "_CHUNK_ELEMENTS", 500)  # dozens of chunks
