@@ -12,8 +12,9 @@ import numpy as np
 from tqdm import tqdm
 
 from mrcnn.atomic import atomic_write
-from mrcnn.cli import (CliError, add_max_pixels_argument, add_model_arguments, build_config,
-                       check_no_overwrite, drawable, error_message, load_model, make_out_dir,
+from mrcnn.cli import (CliError, add_max_pixels_argument, add_model_arguments,
+                       add_precision_argument, build_config, check_no_overwrite, drawable,
+                       error_message, load_model, make_out_dir,
                        reports_errors, resolve_device)
 from preprocess.images import IMAGE_ERRORS, check_resizable, load_image
 from postprocess.visualize import draw_instances, result_to_coco_json, write_png
@@ -56,6 +57,7 @@ def build_parser():
     parser.add_argument("images", nargs="*", metavar="IMAGES",
                         help="image files, folders or glob patterns (default: samples/)")
     add_model_arguments(parser)
+    add_precision_argument(parser)
     add_max_pixels_argument(parser)
     parser.add_argument("--out", default="out", metavar="DIR",
                         help="folder for the annotated images and JSON files, created if needed "
@@ -183,6 +185,8 @@ def main(argv=None):
                        paths)
     device = resolve_device(args.device)
     config = build_config(args.config, args.weights)
+    if args.precision:
+        config.update(PRECISION=args.precision)
     model = load_model(config, args.weights, device)
     class_names = config.class_names()
 

@@ -5,8 +5,9 @@ import sys
 
 import torch.distributed as dist
 
-from mrcnn.cli import (CliError, add_dataset_check_arguments, build_config, check_no_overwrite,
-                       dataset_options, error_message, join_processes, load_model, make_out_dir)
+from mrcnn.cli import (CliError, add_dataset_check_arguments, add_precision_argument,
+                       build_config, check_no_overwrite, dataset_options, error_message,
+                       join_processes, load_model, make_out_dir)
 from mrcnn.weights import WeightsError, is_hdf5
 from postprocess import coco_eval
 from preprocess.coco import DatasetError, coco_layout, open_dataset
@@ -101,6 +102,7 @@ def build_parser():
                        help="drop detections with a lower class score (default: 0, every "
                             "detection counts, as Matterport evaluates COCO; the config's "
                             "DETECTION_MIN_CONFIDENCE is for demo.py)")
+    add_precision_argument(model)
 
     run = parser.add_argument_group("run")
     run.add_argument("--limit", type=int, metavar="N",
@@ -213,7 +215,8 @@ def prepare(args, device, verbose=True):
               "none), so the mask scores (class score x predicted IoU) use an untrained head; "
               "pass --mask-score cls to rank masks by the class score", file=sys.stderr)
     settings = {"weights": os.path.abspath(args.weights), "config": config_source,
-                "device": str(device), "batch_size": args.batch_size or config.BATCH_SIZE}
+                "device": str(device), "batch_size": args.batch_size or config.BATCH_SIZE,
+                "precision": config.PRECISION}
     return dataset, model, settings
 
 
@@ -243,6 +246,8 @@ def _config(args):
         source = "Matterport's COCO evaluation settings, used for an .h5 without --config"
     else:
         source = f"the config saved in {args.weights}"
+    if args.precision:
+        config.update(PRECISION=args.precision)
     return config, source
 
 

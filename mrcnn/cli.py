@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from mrcnn.atomic import remove_stale_temporaries
-from mrcnn.config import CocoConfig, Config
+from mrcnn.config import PRECISIONS, CocoConfig, Config
 from mrcnn.images import DEFAULT_MAX_PIXELS
 from mrcnn.weights import (CHECKPOINT_VERSION, DownloadError, MaskIoUHeadNotInFileWarning,
                            WeightsError, cache_dir, cached_converted_weights, checkpoint_config,
@@ -48,6 +48,11 @@ CONFIG_HELP = (
     "a COCO model's file needs at least BACKBONE and NUM_CLASSES 81). Default: the config saved "
     "in a .pth checkpoint given as --weights, else the COCO config")
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when available, else cpu)"
+PRECISION_HELP = (
+    "arithmetic of the forward pass: exact (float32 with TF32 off: Matterport's numbers), tf32 "
+    "(TF32 convolutions and matmuls on recent GPUs; the same as exact on a CPU) or bf16 "
+    "(bfloat16 network layers: fastest on GPUs and on CPUs with AVX512-BF16/AMX, detections "
+    "close to exact's but not equal)")
 
 
 class CliError(Exception):
@@ -137,6 +142,13 @@ def add_model_arguments(parser):
     parser.add_argument("--weights", metavar="W", help=WEIGHTS_HELP)
     parser.add_argument("--config", metavar="C", help=CONFIG_HELP)
     parser.add_argument("--device", metavar="DEVICE", help=DEVICE_HELP)
+    return parser
+
+
+def add_precision_argument(parser, default_help="the config's PRECISION, exact unless set"):
+    """Adds --precision (mrcnn.precision) to an ArgumentParser; None when not given."""
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help=f"{PRECISION_HELP}. Default: {default_help}")
     return parser
 
 

@@ -35,6 +35,7 @@ RESIZE_MODES = ("none", "square", "pad64", "crop")
 PER_IMAGE_MODES = ("pad64", "none")
 BACKBONES = ("resnet50", "resnet101")
 POOLERS = ("crop_and_resize", "roi_align")
+PRECISIONS = ("exact", "tf32", "bf16")   # see mrcnn.precision
 
 
 class Config:
@@ -116,6 +117,11 @@ class Config:
 
     # Mask Scoring R-CNN: weight of the MaskIoU regression loss.
     MASKIOU_LOSS_WEIGHT = 1.0
+
+    # Arithmetic of the inference forward pass (mrcnn.precision): "exact" (float32, TF32 off:
+    # Matterport's numbers), "tf32" (TF32 convolutions and matmuls on recent GPUs) or "bf16"
+    # (bfloat16 autocast for the network layers).
+    PRECISION = "exact"
 
     # Values computed from the fields above; from_dict accepts them only when they describe
     # this config (see derived_value_problem).
@@ -269,6 +275,9 @@ class Config:
                              "supported")
         if self.IMAGES_PER_GPU < 1 or self.GPU_COUNT < 1:
             raise ValueError("IMAGES_PER_GPU and GPU_COUNT must be >= 1")
+        if self.PRECISION not in PRECISIONS:
+            raise ValueError(f"PRECISION must be one of {', '.join(PRECISIONS)}, "
+                             f"got {self.PRECISION!r}")
 
     def class_names(self):
         """Display names for the NUM_CLASSES classes."""

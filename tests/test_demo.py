@@ -125,6 +125,23 @@ def test_bad_options_are_usage_errors(argv, message, capsys):
     assert info.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_precision_reaches_the_model_and_is_checked(tmp_path, monkeypatch, capsys):
+    built = []
+
+    def load_model(config, weights, device):
+        built.append(config.PRECISION)
+        raise cli.CliError("stopped before loading")
+
+    monkeypatch.setattr(demo, "load_model", load_model)
+    image = str(REFERENCE / "input_0_astronaut.png")
+    for precision in ("bf16", "exact"):
+        assert demo.main([image, "--precision", precision, "--out", str(tmp_path)]) == 1
+    assert built == ["bf16", "exact"]
+    with pytest.raises(SystemExit) as info:
+        demo.main([image, "--precision", "fp16"])
+    assert info.value.code == 2 and "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
 def test_max_pixels_zero_lifts_the_budget():
     assert demo.build_parser().parse_args(["--max-pixels", "0"]).max_pixels is None
     assert demo.build_parser().parse_args([]).max_pixels == 2 ** 27
@@ -172,7 +189,7 @@ def test_help_names_every_option():
     text = demo.build_parser().format_help()
     for option in ("IMAGES", "--weights", "--config", "--out", "--json", "--device",
                    "--min-score", "--batch-size", "samples/", "--max-pixels", "decompression bombs",
-                   "exit status is\nthen 1"):
+                   "exit status is\nthen 1", "--precision"):
         assert option in text
 
 

@@ -70,6 +70,7 @@ def test_help_explains_layouts_scores_and_processes(capsys):
     (["--dataset", "D", "--split", "val", "--limit", "0"], "--limit must be at least 1"),
     (["--dataset", "D", "--split", "val", "--batch-size", "0"], "--batch-size must be at least"),
     (["--dataset", "D", "--split", "val", "--min-confidence", "1.5"], r"must be in \[0, 1\]"),
+    (["--dataset", "D", "--split", "val", "--precision", "fp16"], "invalid choice: 'fp16'"),
 ])
 def test_bad_option_combinations(args, message, capsys):
     code, _, err = run_eval(args + ["--weights", "W.h5"], capsys)
@@ -145,7 +146,7 @@ def test_end_to_end_with_the_reference_weights(shapes, reference_weights, tmp_pa
     out_dir = tmp_path / "out"
     code, out, err = run_eval(["--dataset", shapes, "--split", "val",
                                "--weights", reference_weights, "--config", REFERENCE_CONFIG,
-                               "--device", "cpu", "--out", out_dir],
+                               "--device", "cpu", "--out", out_dir, "--precision", "tf32"],
                               capsys)
     assert code == 0, err
     # Both standard tables, as pycocotools prints them.
@@ -161,6 +162,7 @@ def test_end_to_end_with_the_reference_weights(shapes, reference_weights, tmp_pa
     assert summary["mask_score"] == "maskiou" and summary["seconds_per_image"] > 0
     # The reference config keeps detections from 0.93; an evaluation keeps every detection.
     assert summary["weights"] == str(reference_weights) and summary["min_confidence"] == 0.0
+    assert summary["precision"] == "tf32"
     bbox = json.loads((out_dir / "bbox_results.json").read_text())
     segm = json.loads((out_dir / "segm_results.json").read_text())
     assert len(bbox) == len(segm) == summary["detections"] > 0
