@@ -239,10 +239,19 @@ class Config:
     def __eq__(self, other):
         return isinstance(other, Config) and self.to_dict() == other.to_dict()
 
+    def display(self):
+        """Prints every field and derived value, one per line, as Matterport's display()."""
+        print("\nConfigurations:")
+        for name in self._display_names():
+            print(f"{name:30} {getattr(self, name)}")
+        print("\n")
+
     def __repr__(self):
-        lines = [f"{name:28} {getattr(self, name)!r}"
-                 for name in sorted(self.field_names() + list(self.DERIVED))]
+        lines = [f"{name:28} {getattr(self, name)!r}" for name in self._display_names()]
         return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
+
+    def _display_names(self):
+        return sorted(self.field_names() + list(self.DERIVED))
 
 
 class CocoConfig(Config):
