@@ -125,3 +125,19 @@ def active_class_ids(dataset, image_id):
     else:
         active[:] = 1
     return active
+
+
+def image_source(dataset, image_id):
+    """The source of an image of a Matterport Dataset ("balloon", "coco", ...), else None."""
+    if isinstance(dataset, Dataset):
+        return dataset.image_info[image_id]["source"]
+    return None
+
+
+def describe_image(dataset, image_id):
+    """"image 3 (path or reference)" for messages: image_reference(), else a Matterport
+    Dataset's path."""
+    reference = dataset.image_reference(image_id)
+    if not reference and isinstance(dataset, Dataset):
+        reference = dataset.image_info[image_id].get("path", "")
+    return f"image {image_id} ({reference})" if reference else f"image {image_id}"

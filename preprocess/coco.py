@@ -160,6 +160,10 @@ class CocoDataset:
         return ImageInfo(coco_id, os.path.join(self.image_dir, image["file_name"]),
                          image["height"], image["width"])
 
+    def image_reference(self, index):
+        """The path of image `index` (the dataset interface's image_reference)."""
+        return self.image_info(index).path
+
     def load_image(self, index):
         """RGB uint8 [H, W, 3] of image `index`; its size must match the annotation file."""
         info = self.image_info(index)

@@ -1,7 +1,10 @@
-"""Training samples: Matterport's load_image_gt with horizontal flips, a reproducible sampler and
-the collate function, for torch DataLoader workers.
+"""Training samples: Matterport's load_image_gt with horizontal flips or an augmentation, a
+reproducible sampler and the collate function, for torch DataLoader workers.
 
-Every random choice of a sample (flip, crop position, which instances to keep past
+A dataset is a CocoDataset or any dataset with Matterport's interface (mrcnn.dataset): its
+images without a positive instance are skipped, as Matterport's data generator skips them.
+
+Every random choice of a sample (flip, crop position, augmentation, which instances to keep past
 MAX_GT_INSTANCES) comes from a generator seeded by (seed, draw), where `draw` numbers the samples
 of a run in order. The same run therefore sees the same samples however many workers load them,
 and a resumed run continues the sequence exactly.
@@ -12,10 +15,11 @@ import random
 import numpy as np
 import torch
 
-from preprocess.coco import DatasetError
+from mrcnn.dataset import active_class_ids, describe_image, image_source
+from mrcnn.molding import compose_image_meta, mold_image, resize_image
+from preprocess.coco import CocoDataset, DatasetError
 from preprocess.images import ImageLoadError
 from preprocess.masks import extract_bboxes, minimize_mask, resize_mask
-from mrcnn.molding import compose_image_meta, mold_image, resize_image
 
 logger = logging.getLogger(__name__)
 
@@ -25,13 +29,14 @@ MAX_CONSECUTIVE_FAILURES = 5
 LOAD_ERRORS = (OSError, DatasetError, ImageLoadError)
 
 
-def load_image_gt(dataset, index, config, flip=False, rng=None):
-    """Matterport's load_image_gt for image `index` of a CocoDataset.
+def load_image_gt(dataset, index, config, flip=False, rng=None, augmentation=None):
+    """Matterport's load_image_gt for image `index` of a dataset.
 
     The image is resized and padded as config says (a 'crop' position and the instances kept
     past MAX_GT_INSTANCES are drawn from `rng`, a numpy Generator), then flipped left-right when
-    `flip` (the window in the meta is not flipped, as in Matterport). Instances whose mask is
-    empty after that are dropped.
+    `flip` and augmented by `augmentation` (preprocess.augmentation.as_augmentation's callable,
+    seeded from `rng`); the window in the meta is not moved, as in Matterport. Instances whose
+    mask is empty after that are dropped. Active classes are those of the image's source.
 
     Returns a dict: image [H, W, 3] uint8 (resized, not molded), image_meta [12 + NUM_CLASSES]
     float64, class_ids [N] int64 (negative for crowds), boxes [N, 4] int32 pixels (y2, x2
@@ -48,6 +53,8 @@ def load_image_gt(dataset, index, config, flip=False, rng=None):
     masks = resize_mask(masks, scale, padding, crop)
     if flip:
         image, masks = image[:, ::-1], masks[:, ::-1]
+    if augmentation is not None:
+        image, masks = augmentation(image, masks, int(rng.integers(2 ** 63)))
     visible = masks.any(axis=(0, 1))
     masks, class_ids = masks[:, :, visible], class_ids[visible]
     if len(class_ids) > config.MAX_GT_INSTANCES:
@@ -56,10 +63,8 @@ def load_image_gt(dataset, index, config, flip=False, rng=None):
     boxes = extract_bboxes(masks)
     if config.USE_MINI_MASK:
         masks = minimize_mask(boxes, masks, config.MINI_MASK_SHAPE)
-    # One dataset: every class of it is active.
-    active_class_ids = np.ones(config.NUM_CLASSES, dtype=np.int32)
     image_meta = compose_image_meta(index, original_shape, image.shape, window, scale,
-                                    active_class_ids)
+                                    active_class_ids(dataset, index))
     return {"image": np.ascontiguousarray(image), "image_meta": image_meta,
             "class_ids": class_ids.astype(np.int64), "boxes": boxes,
             "masks": np.ascontiguousarray(masks.transpose(2, 0, 1))}
@@ -67,7 +72,10 @@ def load_image_gt(dataset, index, config, flip=False, rng=None):
 
 def trainable_image_indices(dataset):
     """Indices of the images with at least one non-crowd instance of the dataset's classes
-    (Matterport's data generator skips the others)."""
+    (Matterport's data generator skips the others): read from a CocoDataset's annotations; for
+    other datasets every image (the samples skip those without instances when they load)."""
+    if not isinstance(dataset, CocoDataset):
+        return [int(index) for index in dataset.image_ids]
     categories = set(dataset.category_ids)
     return [index for index, coco_id in enumerate(dataset.coco_image_ids)
             if any(not ann["iscrowd"] and ann["category_id"] in categories
@@ -78,13 +86,16 @@ class TrainingSamples(torch.utils.data.Dataset):
     """Map-style dataset of training samples, indexed by (image index, draw) pairs as
     DrawSampler yields them.
 
-    Flips each sample left-right with probability 1/2 when `augment`. An image that cannot be
-    loaded (corrupt file, broken annotation) is reported with a warning and replaced by the next
-    image of the dataset; after MAX_CONSECUTIVE_FAILURES failures in a row loading stops with an
-    error.
+    Flips each sample left-right with probability 1/2 when `augment`, and augments it with
+    `augmentation` (see preprocess.augmentation.as_augmentation) except the images of the
+    sources in `no_augmentation_sources`. An image without a positive instance is replaced by
+    the next image of the dataset, as Matterport skips it. An image that cannot be loaded
+    (corrupt file, broken annotation) is reported with a warning and replaced the same way;
+    after MAX_CONSECUTIVE_FAILURES failures in a row loading stops with an error.
     """
 
-    def __init__(self, dataset, config, augment=True, seed=0):
+    def __init__(self, dataset, config, augment=True, seed=0, augmentation=None,
+                 no_augmentation_sources=()):
         if dataset.num_classes != config.NUM_CLASSES:
             raise ValueError(f"the dataset has {dataset.num_classes} classes (background "
                              f"included) but config.NUM_CLASSES is {config.NUM_CLASSES}")
@@ -92,26 +103,44 @@ class TrainingSamples(torch.utils.data.Dataset):
         self.config = config
         self.augment = augment
         self.seed = seed
+        self.augmentation = augmentation
+        self.no_augmentation_sources = set(no_augmentation_sources or ())
 
     def __len__(self):
-        return len(self.dataset)
+        return len(self.dataset.image_ids)
 
     def __getitem__(self, item):
         index, draw = item
         rng = np.random.default_rng([self.seed, draw])
         flip = self.augment and rng.random() < 0.5
-        failures = []
+        failures, skipped = [], 0
         while True:
             try:
-                return load_image_gt(self.dataset, index, self.config, flip, rng)
+                sample = load_image_gt(self.dataset, index, self.config, flip, rng,
+                                       self._augmentation_of(index))
             except LOAD_ERRORS as error:
-                path = self.dataset.image_info(index).path
-                failures.append(f"{path}: {error}")
-                logger.warning("skipping image %d (%s): %s", index, path, error)
+                name = describe_image(self.dataset, index)
+                failures.append(f"{name}: {error}")
+                logger.warning("skipping %s: %s", name, error)
                 if len(failures) >= MAX_CONSECUTIVE_FAILURES:
                     raise RuntimeError(f"{len(failures)} images in a row failed to load:\n  "
                                        + "\n  ".join(failures)) from error
-                index = (index + 1) % len(self.dataset)
+            else:
+                if (sample["class_ids"] > 0).any():
+                    return sample
+                failures.clear()
+                skipped += 1
+                if skipped >= len(self.dataset.image_ids):
+                    raise RuntimeError(
+                        f"{skipped} images in a row have no instance of a class once resized "
+                        "and augmented (load_mask gives no positive class id): there is "
+                        "nothing to train on")
+            index = (index + 1) % len(self.dataset.image_ids)
+
+    def _augmentation_of(self, index):
+        if image_source(self.dataset, index) in self.no_augmentation_sources:
+            return None
+        return self.augmentation
 
 
 class DrawSampler(torch.utils.data.Sampler):
