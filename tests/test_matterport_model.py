@@ -1,0 +1,214 @@
+"""mrcnn.model.MaskRCNN (Matterport's model API): weights, checkpoints' names, detection."""
+import hashlib
+import os
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from mrcnn import model as modellib
+from mrcnn import weights
+from mrcnn.config import Config
+from mrcnn.weights import WeightsError, save_weights
+from tests import test_weights
+from tests.test_weights import server  # noqa: F401  (the loopback HTTP server fixture)
+
+MATTERPORT_EXCLUDE = ["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask"]
+
+
+class SmallConfig(Config):
+    NAME = "Small"
+    BACKBONE = "resnet50"
+    NUM_CLASSES = 2
+    IMAGES_PER_GPU = 1
+    IMAGE_MIN_DIM = 128
+    IMAGE_MAX_DIM = 128
+    POST_NMS_ROIS_INFERENCE = 50
+
+
+def keras_kernel(h5_path, layer):
+    with h5py.File(h5_path, "r") as f:
+        return torch.from_numpy(f[f"{layer}/{layer}/kernel:0"][()])
+
+
+def test_mode_and_keras_model(tmp_path):
+    with pytest.raises(ValueError, match="'training' or 'inference'"):
+        modellib.MaskRCNN("train", SmallConfig(), tmp_path)
+    model = modellib.MaskRCNN("inference", SmallConfig(), tmp_path, device="cpu")
+    with pytest.raises(AttributeError, match="model.torch_model"):
+        model.keras_model
+    with pytest.raises(RuntimeError, match="mode='training'"):
+        model.train(None, None, 0.001, 1, "heads")
+    assert isinstance(model.torch_model, modellib.MaskScoringRCNN)
+
+
+def test_log_dir_and_find_last(tmp_path, capsys):
+    model = modellib.MaskRCNN("inference", SmallConfig(), tmp_path, device="cpu")
+    assert model.epoch == 0
+    assert os.path.dirname(model.log_dir) == str(tmp_path)
+    assert os.path.basename(model.log_dir).startswith("small")
+    assert model.checkpoint_path.endswith("mask_rcnn_small_{epoch:04d}.pth")
+    with pytest.raises(FileNotFoundError, match="Could not find model directory"):
+        model.find_last()
+
+    for run, names in (("small20240101T0900", ["mask_rcnn_small_0001.pth"]),
+                       ("small20240102T1000", ["mask_rcnn_small_0001.pth",
+                                               "mask_rcnn_small_0012.pth", "events.log"]),
+                       ("other20250101T0000", ["mask_rcnn_other_0001.pth"])):
+        (tmp_path / run).mkdir()
+        for name in names:
+            (tmp_path / run / name).write_bytes(b"")
+    last = model.find_last()
+    assert last == str(tmp_path / "small20240102T1000" / "mask_rcnn_small_0012.pth")
+
+    model.set_log_dir(last)
+    assert model.epoch == 12 and "Re-starting from epoch 12" in capsys.readouterr().out
+    assert model.log_dir == str(tmp_path / "small20240102T1000")
+    model.set_log_dir(str(tmp_path / "weights.pth"))
+    assert model.epoch == 0
+
+    (tmp_path / "small20240103T1100").mkdir()
+    with pytest.raises(FileNotFoundError, match="Could not find weight files"):
+        model.find_last()
+
+
+def test_find_last_needs_a_name(tmp_path):
+    model = modellib.MaskRCNN("inference", SmallConfig(NAME=None), tmp_path, device="cpu")
+    with pytest.raises(ValueError, match="config.NAME is not set"):
+        model.find_last()
+
+
+@pytest.fixture(scope="module")
+def four_class_pth(reference_weights, tmp_path_factory):
+    """The reference .h5 (ResNet-50, 4 classes) as a .pth with a trained-looking MaskIoU head."""
+    model = modellib.MaskScoringRCNN(Config(BACKBONE="resnet50", NUM_CLASSES=4))
+    with pytest.warns(weights.MaskIoUHeadNotInFileWarning):
+        model.load_weights(reference_weights)
+    model.maskiou_head.trained.fill_(True)
+    path = tmp_path_factory.mktemp("pth") / "four.pth"
+    save_weights(model, model.config, path)
+    return path
+
+
+def test_load_h5_of_another_class_count_with_matterports_exclude(reference_weights, tmp_path):
+    model = modellib.MaskRCNN("training", SmallConfig(), tmp_path, device="cpu")
+    layers = model.torch_model.named_layers()
+    fresh = {name: layers[name].weight.detach().clone()
+             for name in ("mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_mask")}
+    with pytest.raises(WeightsError, match="the file has 4 classes, the config 2"):
+        model.load_weights(reference_weights, by_name=True)
+    with pytest.warns(weights.MaskIoUHeadNotInFileWarning):
+        model.load_weights(reference_weights, by_name=True, exclude=MATTERPORT_EXCLUDE)
+    expected = keras_kernel(reference_weights, "fpn_c5p5").permute(3, 2, 0, 1)
+    assert torch.equal(layers["fpn_c5p5"].weight, expected)
+    for name, before in fresh.items():
+        assert torch.equal(layers[name].weight, before), name
+    assert model.epoch == 0
+
+
+def test_load_pth_of_another_class_count_also_refreshes_the_maskiou_class_layer(four_class_pth,
+                                                                                tmp_path):
+    model = modellib.MaskRCNN("inference", SmallConfig(), tmp_path, device="cpu")
+    layers = model.torch_model.named_layers()
+    fresh_iou = layers["mrcnn_maskiou"].weight.detach().clone()
+    model.load_weights(four_class_pth, exclude=MATTERPORT_EXCLUDE)
+    saved = torch.load(four_class_pth, weights_only=True)["state_dict"]
+    assert torch.equal(layers["mrcnn_maskiou_fc1"].weight, saved["maskiou_head.fc1.weight"])
+    assert torch.equal(layers["mrcnn_maskiou"].weight, fresh_iou)
+    assert not model.torch_model.maskiou_head.trained   # a fresh class layer: not trained
+
+
+def test_exclude_names_are_checked(reference_weights, tmp_path):
+    model = modellib.MaskRCNN("inference", SmallConfig(), tmp_path, device="cpu")
+    with pytest.raises(ValueError, match=r"no layer of the model: \['mrcnn_clas_logits'\]"):
+        model.load_weights(reference_weights, exclude=["mrcnn_clas_logits"])
+
+
+def test_detect_returns_matterports_dicts(four_class_pth, tmp_path, capsys):
+    config = SmallConfig(NUM_CLASSES=4, DETECTION_MIN_CONFIDENCE=0.0)
+    model = modellib.MaskRCNN("inference", config, tmp_path, device="cpu")
+    model.load_weights(four_class_pth)
+    image = np.random.default_rng(0).integers(0, 255, (96, 120, 3), dtype=np.uint8)
+    results = model.detect([image], verbose=1)
+    assert "Processing 1 images" in capsys.readouterr().out
+    expected = model.torch_model.detect([image])[0]
+    assert sorted(results[0]) == ["class_ids", "mask_scores", "masks", "rois", "scores"]
+    for key, value in expected.items():
+        np.testing.assert_array_equal(results[0][key], value)
+    assert results[0]["masks"].shape[:2] == (96, 120)
+    training = modellib.MaskRCNN("training", config, tmp_path, device="cpu")
+    with pytest.raises(RuntimeError, match="mode='inference'"):
+        training.detect([image])
+
+
+# ----------------------------------------------------------------------------- ImageNet
+
+def write_imagenet_h5(path, model):
+    """The model's ResNet in the layout of Keras's ImageNet ResNet-50 (Keras 1 weight names
+    <layer>_W:0 ... <layer>_running_std:0, weightless layers in between)."""
+    names = {"kernel": "W", "bias": "b", "gamma": "gamma", "beta": "beta",
+             "moving_mean": "running_mean", "moving_variance": "running_std"}
+    layer_names = ["input_1", "zeropadding2d_1"]
+    with h5py.File(path, "w") as f:
+        for name in layer_names:
+            f.create_group(name).attrs["weight_names"] = np.zeros(0, "S1")
+        for name, module in model.backbone.keras_layers().items():
+            if isinstance(module, torch.nn.Conv2d):
+                params = {"kernel": module.weight.permute(2, 3, 1, 0), "bias": module.bias}
+            else:
+                params = {"gamma": module.weight, "beta": module.bias,
+                          "moving_mean": module.running_mean,
+                          "moving_variance": module.running_var}
+            group = f.create_group(name)
+            weight_names = [f"{name}_{names[param]}:0" for param in params]
+            group.attrs["weight_names"] = np.array(weight_names, "S")
+            for weight_name, tensor in zip(weight_names, params.values()):
+                group.create_dataset(weight_name, data=tensor.detach().numpy())
+            layer_names.append(name)
+        f.attrs["layer_names"] = np.array(layer_names + ["avg_pool"], "S")
+        f.create_group("avg_pool").attrs["weight_names"] = np.zeros(0, "S1")
+
+
+def test_imagenet_weights_download_and_load_into_the_resnet_only(server, tmp_path,  # noqa: F811
+                                                                 monkeypatch):
+    """get_imagenet_weights downloads through the verified cache (size and MD5) and
+    load_weights fills the ResNet layers from it, nothing else."""
+    torch.manual_seed(1)
+    donor = modellib.MaskScoringRCNN(Config(BACKBONE="resnet50", NUM_CLASSES=2))
+    for module in donor.backbone.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    served = tmp_path / "served"
+    served.mkdir()
+    h5_path = served / "resnet50_notop.h5"
+    write_imagenet_h5(h5_path, donor)
+    payload = h5_path.read_bytes()
+    monkeypatch.setattr(test_weights, "PAYLOAD", payload)     # what the server sends
+    monkeypatch.setenv("MRCNN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(weights, "IMAGENET_WEIGHTS_URL", f"{server}/file.bin")
+    monkeypatch.setattr(weights, "IMAGENET_WEIGHTS_SIZE", len(payload))
+    monkeypatch.setattr(weights, "IMAGENET_WEIGHTS_MD5", hashlib.md5(payload).hexdigest())
+
+    model = modellib.MaskRCNN("training", SmallConfig(), tmp_path / "logs", device="cpu")
+    path = model.get_imagenet_weights()
+    assert path == str(tmp_path / "cache" / weights.IMAGENET_WEIGHTS_FILENAME)
+    fpn_before = model.torch_model.named_layers()["fpn_c5p5"].weight.detach().clone()
+    model.load_weights(path, by_name=True)
+    ours = model.torch_model.state_dict()
+    for key, value in donor.state_dict().items():
+        if key.startswith("backbone."):
+            assert torch.equal(ours[key], value), key
+    assert torch.equal(model.torch_model.named_layers()["fpn_c5p5"].weight, fpn_before)
+
+    monkeypatch.setattr(weights, "IMAGENET_WEIGHTS_MD5", "0" * 32)
+    (tmp_path / "cache" / weights.IMAGENET_WEIGHTS_FILENAME).unlink()
+    with pytest.raises(weights.DownloadError, match="MD5"):
+        model.get_imagenet_weights()
+
+    deeper = modellib.MaskRCNN("training", SmallConfig(BACKBONE="resnet101"), tmp_path,
+                               device="cpu")
+    with pytest.raises(WeightsError, match="the file is a resnet50 backbone, the config "
+                                           "resnet101"):
+        deeper.load_weights(h5_path)
