@@ -1,11 +1,14 @@
 """Training augmentation: imgaug augmenters, albumentations transforms or plain callables, as one
 kind of callable for the training samples.
 
-`as_augmentation(augmentation)` returns `augment(image, masks, seed) -> (image, masks)`:
+`as_augmentation(augmentation)` returns `augment(image, masks) -> (image, masks)`:
 
     image  [H, W, 3] uint8, the resized (molded-size) training image
     masks  [H, W, N] bool, its instance masks
-    seed   an int that fixes every random choice of this sample
+
+whose random choices all come from `numpy.random` (imgaug's and albumentations' own generators
+are seeded from it), so that seeding numpy's global generator for a sample (as the training
+samples do) fixes its augmentation.
 
 applied as Matterport's load_image_gt applies its imgaug augmentation: after resizing, the
 same random transformation on the image and its masks, the image size unchanged (the image
@@ -19,8 +22,8 @@ meta's window is not moved, as in Matterport). It accepts
 - an albumentations transform (e.g. `A.Compose([A.HorizontalFlip(), A.RandomBrightnessContrast()])`),
   called as `transform(image=image, masks=[one mask per instance])`, which moves the masks with
   the spatial transforms only;
-- any callable `(image, masks) -> (image, masks)`, which draws its randomness from `random` and
-  `numpy.random` (both seeded with `seed` for the call, and restored afterwards).
+- any callable `(image, masks) -> (image, masks)` (returned as it is, with its result
+  checked), which should draw its randomness from `random` or `numpy.random`.
 
 Neither library is a dependency: an augmenter of either is recognised without importing it.
 """
@@ -39,9 +42,9 @@ class AugmentationError(ValueError):
 
 
 def as_augmentation(augmentation):
-    """`augment(image, masks, seed) -> (image, masks)` for an imgaug augmenter, an
-    albumentations transform or a callable `(image, masks) -> (image, masks)` (see the module
-    docstring); None stays None."""
+    """`augment(image, masks) -> (image, masks)` for an imgaug augmenter, an albumentations
+    transform or a callable `(image, masks) -> (image, masks)` (see the module docstring),
+    whose result is checked to keep the sizes; None stays None."""
     if augmentation is None:
         return None
     if _is_imgaug(augmentation):
@@ -49,17 +52,14 @@ def as_augmentation(augmentation):
     elif _is_albumentations(augmentation):
         apply = _albumentations_call(augmentation)
     elif callable(augmentation):
-        def apply(image, masks, seed):
-            return augmentation(image, masks)
+        apply = augmentation
     else:
         raise TypeError(f"augmentation must be an imgaug augmenter, an albumentations transform "
                         f"or a callable (image, masks) -> (image, masks); got "
                         f"{type(augmentation).__name__}")
 
-    def augment(image, masks, seed):
-        with seeded_global_random(seed):
-            result = apply(image, masks, seed)
-        return _checked(result, image, masks, augmentation)
+    def augment(image, masks):
+        return _checked(apply(image, masks), image, masks, augmentation)
 
     return augment
 
@@ -76,6 +76,10 @@ def seeded_global_random(seed):
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
+
+
+def _seed_from_numpy():
+    return int(np.random.randint(2 ** 31))
 
 
 def _is_imgaug(augmentation):
@@ -98,7 +102,8 @@ def _imgaug_call(augmenter):
 
     hooks = imgaug.HooksImages(activator=keeps_masks)
 
-    def apply(image, masks, seed):
+    def apply(image, masks):
+        seed = _seed_from_numpy()
         if hasattr(augmenter, "seed_"):      # imgaug >= 0.4: the augmenter's own generator
             augmenter.seed_(seed)
         else:
@@ -113,9 +118,9 @@ def _imgaug_call(augmenter):
 
 
 def _albumentations_call(transform):
-    def apply(image, masks, seed):
+    def apply(image, masks):
         if hasattr(transform, "set_random_seed"):   # albumentations >= 1.4.21
-            transform.set_random_seed(seed)
+            transform.set_random_seed(_seed_from_numpy())
         if not masks.shape[2]:
             return transform(image=image)["image"], masks
         result = transform(image=image, masks=[masks[:, :, i].astype(np.uint8)

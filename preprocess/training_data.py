@@ -17,6 +17,7 @@ import torch
 
 from mrcnn.dataset import active_class_ids, describe_image, image_source
 from mrcnn.molding import compose_image_meta, mold_image, resize_image
+from preprocess.augmentation import seeded_global_random
 from preprocess.coco import CocoDataset, DatasetError
 from preprocess.images import ImageLoadError
 from preprocess.masks import extract_bboxes, minimize_mask, resize_mask
@@ -35,8 +36,8 @@ def load_image_gt(dataset, index, config, flip=False, rng=None, augmentation=Non
     The image is resized and padded as config says (a 'crop' position and the instances kept
     past MAX_GT_INSTANCES are drawn from `rng`, a numpy Generator), then flipped left-right when
     `flip` and augmented by `augmentation` (preprocess.augmentation.as_augmentation's callable,
-    seeded from `rng`); the window in the meta is not moved, as in Matterport. Instances whose
-    mask is empty after that are dropped. Active classes are those of the image's source.
+    with `random` and `numpy.random` seeded from `rng`); the window in the meta is not moved, as
+    in Matterport. Instances whose mask is empty after that are dropped. Active classes are those of the image's source.
 
     Returns a dict: image [H, W, 3] uint8 (resized, not molded), image_meta [12 + NUM_CLASSES]
     float64, class_ids [N] int64 (negative for crowds), boxes [N, 4] int32 pixels (y2, x2
@@ -54,7 +55,8 @@ def load_image_gt(dataset, index, config, flip=False, rng=None, augmentation=Non
     if flip:
         image, masks = image[:, ::-1], masks[:, ::-1]
     if augmentation is not None:
-        image, masks = augmentation(image, masks, int(rng.integers(2 ** 63)))
+        with seeded_global_random(int(rng.integers(2 ** 32))):
+            image, masks = augmentation(image, masks)
     visible = masks.any(axis=(0, 1))
     masks, class_ids = masks[:, :, visible], class_ids[visible]
     if len(class_ids) > config.MAX_GT_INSTANCES:
