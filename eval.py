@@ -28,8 +28,9 @@ as in Matterport's COCO code; results carry the dataset's own image and category
 
 The model: --weights is a Matterport Keras .h5 or a .pth of this project. Its settings come from
 --config (a JSON object with any subset of Config fields, e.g. a Config.to_json file; the rest keep
-Config's defaults), else from the .pth itself, else (an .h5 without --config) Matterport's COCO
-evaluation settings: CocoConfig (ResNet-101, 81 classes) with one image per batch and
+Config's defaults, NUM_CLASSES and CLASS_NAMES the dataset's, BACKBONE and NUM_CLASSES an .h5's),
+else from the .pth itself, else (an .h5 without --config) the backbone and class count the .h5
+was made for with Matterport's COCO evaluation settings: one image per batch and
 DETECTION_MIN_CONFIDENCE 0. NUM_CLASSES must equal the dataset's category count + 1.
 
 Scores: box results are ranked by the class score. Mask results are ranked by Mask Scoring
@@ -166,7 +167,7 @@ def prepare(args, device, verbose=True):
     dataset = CocoDataset(annotation_json, image_dir)
     coco_eval.check_images(dataset, coco_eval.select_images(dataset, args.limit))
 
-    config, config_source = _config(args)
+    config, config_source = _config(args, dataset)
     if config.NUM_CLASSES != dataset.num_classes:
         raise ValueError(
             f"the model has NUM_CLASSES {config.NUM_CLASSES} ({config_source}) but "
@@ -190,10 +191,13 @@ def prepare(args, device, verbose=True):
     return dataset, model, settings
 
 
-def _config(args):
-    """The Config (mrcnn.cli.build_config) and a phrase saying where it came from."""
+def _config(args, dataset):
+    """The Config (mrcnn.cli.build_config; NUM_CLASSES and CLASS_NAMES default to the
+    dataset's) and a phrase saying where it came from."""
     try:
-        config = build_config(args.config, args.weights)
+        config = build_config(args.config, args.weights,
+                              defaults={"NUM_CLASSES": dataset.num_classes,
+                                        "CLASS_NAMES": dataset.class_names})
     except WeightsError as error:
         raise WeightsError(f"{error}; or pass --config to describe the model") from None
     if args.config:
@@ -201,7 +205,8 @@ def _config(args):
     elif is_hdf5(args.weights):
         # Matterport's COCO evaluation settings (its InferenceConfig in samples/coco/coco.py).
         config.update(IMAGES_PER_GPU=1, DETECTION_MIN_CONFIDENCE=0.0)
-        source = "Matterport's COCO evaluation settings, used for an .h5 without --config"
+        source = ("the .h5's backbone and class count with Matterport's COCO evaluation "
+                  "settings, used for an .h5 without --config")
     else:
         source = f"the config saved in {args.weights}"
     if args.min_confidence is not None:
