@@ -68,10 +68,7 @@ def compute_overlaps(boxes1, boxes2):
 def compute_overlaps_masks(masks1, masks2):
     """IoU matrix [N1, N2] float32 of masks1 [H, W, N1] and masks2 [H, W, N2] (a pixel is in a
     mask where its value is > 0.5); two empty masks give NaN, as in Matterport."""
-    masks1 = np.asarray(masks1)
-    masks2 = np.asarray(masks2)
-    flat1 = (masks1 > 0.5).reshape(-1, masks1.shape[-1]).astype(np.float32)
-    flat2 = (masks2 > 0.5).reshape(-1, masks2.shape[-1]).astype(np.float32)
+    flat1, flat2 = (_flat_masks(masks) for masks in (masks1, masks2))
     intersections = flat1.T @ flat2
     union = flat1.sum(axis=0)[:, None] + flat2.sum(axis=0)[None, :] - intersections
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -265,6 +262,13 @@ def download_trained_weights(coco_model_path, verbose=1):
         shutil.copyfile(cached, tmp)
     if verbose > 0:
         print("... done downloading pretrained model!", file=sys.stderr)
+
+
+def _flat_masks(masks):
+    """[H, W, N] masks -> [H * W, N] float32 of 0/1 (a pixel is in where its value is > 0.5)."""
+    masks = np.asarray(masks)
+    return (masks > 0.5).reshape(masks.shape[0] * masks.shape[1], masks.shape[-1]) \
+        .astype(np.float32)
 
 
 def _float64_boxes(boxes):

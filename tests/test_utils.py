@@ -161,6 +161,14 @@ def test_compute_ap():
     np.testing.assert_allclose(overlaps, [[1, 0], [0, 0], [0, 1]])
 
 
+def test_compute_ap_without_predictions():
+    gt_boxes = np.array([[0, 0, 4, 4]])
+    ap, precisions, recalls, overlaps = utils.compute_ap(
+        gt_boxes, np.array([1]), masks_of(gt_boxes), np.zeros((0, 4)), np.zeros(0, np.int32),
+        np.zeros(0), np.zeros((20, 20, 0), bool))
+    assert ap == 0 and overlaps.shape == (0, 1)
+
+
 def test_compute_matches_sorts_by_score_and_checks_the_class():
     gt_boxes = np.array([[0, 0, 4, 4]])
     pred_boxes = np.array([[0, 0, 4, 4], [0, 0, 4, 3]])
