@@ -12,9 +12,9 @@ import numpy as np
 from tqdm import tqdm
 
 from mrcnn.atomic import atomic_write
+from mrcnn.cli import (CliError, add_model_arguments, build_config, check_no_overwrite, drawable,
+                       error_message, load_model, make_out_dir, reports_errors, resolve_device)
 from mrcnn.config import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
-from mrcnn.cli import (CliError, add_model_arguments, build_config, drawable, error_message,
-                       load_model, reports_errors, resolve_device)
 from preprocess.images import ImageLoadError, load_image
 from postprocess.visualize import draw_instances, result_to_coco_json, write_png
 
@@ -164,17 +164,6 @@ def category_ids(class_names):
     return dict(enumerate(COCO_CATEGORY_IDS, start=1))
 
 
-def check_no_overwrite(paths, stems, out_dir):
-    """Raises CliError when an output file would replace one of the inputs."""
-    inputs = {os.path.realpath(path): path for path in paths}
-    for stem in stems:
-        for suffix in (".png", ".json"):
-            clash = inputs.get(os.path.realpath(out_dir / f"{stem}{suffix}"))
-            if clash is not None:
-                raise CliError(f"--out {out_dir} would overwrite the input {clash}; choose "
-                               "another output folder")
-
-
 def check_arguments(args, parser):
     if args.min_score is not None and not 0.0 <= args.min_score <= 1.0:
         parser.error(f"--min-score must be in [0, 1], got {args.min_score}")
@@ -192,14 +181,10 @@ def main(argv=None):
         print(f"error: {problem}", file=sys.stderr)
     if not paths:
         raise CliError("no images to process")
-    out_dir = Path(args.out)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise CliError(f"cannot create the output folder {out_dir}: "
-                       f"{error_message(error)}") from None
+    out_dir = make_out_dir(args.out)
     stems = output_stems(paths)
-    check_no_overwrite(paths, stems, out_dir)
+    check_no_overwrite(out_dir, [stem + suffix for stem in stems for suffix in (".png", ".json")],
+                       paths)
     device = resolve_device(args.device)
     config = build_config(args.config, args.weights)
     model = load_model(config, args.weights, device)

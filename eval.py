@@ -5,10 +5,12 @@ import sys
 
 import torch.distributed as dist
 
-from mrcnn.cli import CliError, build_config, join_processes, load_model
+from mrcnn.cli import (CliError, build_config, check_no_overwrite, join_processes, load_model,
+                       make_out_dir)
 from mrcnn.weights import WeightsError, is_hdf5
 from postprocess import coco_eval
-from preprocess.coco import CocoDataset, DatasetError, coco_layout
+from preprocess.coco import CocoDataset, DatasetError
+from preprocess.splits import check_class_count, open_split
 
 DESCRIPTION = """\
 Runs Mask Scoring R-CNN over the images of a COCO-format dataset, writes the detections as COCO
@@ -30,8 +32,13 @@ The model: --weights is a Matterport Keras .h5 or a .pth of this project. Its se
 --config (a JSON object with any subset of Config fields, e.g. a Config.to_json file; the rest keep
 Config's defaults, NUM_CLASSES and CLASS_NAMES the dataset's, BACKBONE and NUM_CLASSES an .h5's),
 else from the .pth itself, else (an .h5 without --config) the backbone and class count the .h5
-was made for with Matterport's COCO evaluation settings: one image per batch and
-DETECTION_MIN_CONFIDENCE 0. NUM_CLASSES must equal the dataset's category count + 1.
+was made for with Matterport's COCO evaluation settings: one image per batch. NUM_CLASSES must
+equal the dataset's category count + 1.
+
+Detections: every evaluation keeps every detection whatever its class score
+(DETECTION_MIN_CONFIDENCE 0, Matterport's COCO evaluation setting, as train.py --eval-every and
+the benchmarks do), so that the AP compares with published numbers; --min-confidence sets
+another threshold. The threshold used is printed and recorded in summary.json.
 
 Scores: box results are ranked by the class score. Mask results are ranked by Mask Scoring
 R-CNN's mask score, class score x the predicted IoU of the mask (--mask-score maskiou), or by the
@@ -80,8 +87,9 @@ def build_parser():
                        help="JSON object of Config fields (any subset); default: the .pth's own "
                             "config, or Matterport's COCO evaluation settings for an .h5")
     model.add_argument("--min-confidence", type=float, metavar="X",
-                       help="DETECTION_MIN_CONFIDENCE: drop detections with a lower class score "
-                            "(default: the config's value; Matterport evaluates COCO with 0)")
+                       help="drop detections with a lower class score (default: 0, every "
+                            "detection counts, as Matterport evaluates COCO; the config's "
+                            "DETECTION_MIN_CONFIDENCE is for demo.py)")
 
     run = parser.add_argument_group("run")
     run.add_argument("--limit", type=int, metavar="N",
@@ -120,7 +128,7 @@ def main(argv=None):
             summary = coco_eval.evaluate(
                 model, dataset, limit=args.limit, batch_size=args.batch_size,
                 mask_score=args.mask_score, out_dir=args.out, progress=not args.quiet,
-                summary_fields=settings)
+                summary_fields=settings, min_confidence=min_confidence(args))
         except DatasetError as error:  # an image that turns out unreadable
             parser.exit(1, f"{parser.prog}: error: {error}\n")
     finally:
@@ -161,22 +169,23 @@ def prepare(args, device, verbose=True):
         raise PermissionError(f"weights file not readable: {args.weights}")
 
     if args.dataset:
-        annotation_json, image_dir = coco_layout(args.dataset, args.split)
+        dataset = open_split(args.dataset, args.split)
     else:
-        annotation_json, image_dir = args.annotations, args.images
-    dataset = CocoDataset(annotation_json, image_dir)
+        dataset = CocoDataset(args.annotations, args.images)
     coco_eval.check_images(dataset, coco_eval.select_images(dataset, args.limit))
 
     config, config_source = _config(args, dataset)
-    if config.NUM_CLASSES != dataset.num_classes:
-        raise ValueError(
-            f"the model has NUM_CLASSES {config.NUM_CLASSES} ({config_source}) but "
-            f"{annotation_json} has {dataset.num_classes - 1} categories, so the model needs "
-            f"NUM_CLASSES {dataset.num_classes} (background included); pass a --config that "
-            "fits the dataset")
+    check_class_count(config, dataset, config_source)
     if verbose:
         _warn_about_class_names(config, dataset)
-    _check_out_dir(args.out)
+    out_dir = make_out_dir(args.out)
+    check_no_overwrite(out_dir, [*coco_eval.RESULT_FILES.values(), coco_eval.SUMMARY_FILE],
+                       [args.weights, args.config, dataset.annotation_json])
+    if verbose:
+        threshold = min_confidence(args)
+        how = ("--min-confidence" if args.min_confidence is not None
+               else "Matterport's COCO evaluation setting")
+        print(f"detections with a class score >= {threshold} count ({how})", file=sys.stderr)
 
     # load_model seeds the layers a weights file lacks (the MaskIoU head of Matterport's files),
     # so results do not depend on the process count; the head's state is said below instead.
@@ -186,9 +195,15 @@ def prepare(args, device, verbose=True):
               "none), so the mask scores (class score x predicted IoU) use an untrained head; "
               "pass --mask-score cls to rank masks by the class score", file=sys.stderr)
     settings = {"weights": os.path.abspath(args.weights), "config": config_source,
-                "device": str(device), "batch_size": args.batch_size or config.BATCH_SIZE,
-                "min_confidence": config.DETECTION_MIN_CONFIDENCE}
+                "device": str(device), "batch_size": args.batch_size or config.BATCH_SIZE}
     return dataset, model, settings
+
+
+def min_confidence(args):
+    """The detection threshold of the evaluation: --min-confidence, else Matterport's."""
+    if args.min_confidence is not None:
+        return args.min_confidence
+    return coco_eval.EVAL_MIN_CONFIDENCE
 
 
 def _config(args, dataset):
@@ -203,23 +218,14 @@ def _config(args, dataset):
     if args.config:
         source = f"from {args.config}"
     elif is_hdf5(args.weights):
-        # Matterport's COCO evaluation settings (its InferenceConfig in samples/coco/coco.py).
-        config.update(IMAGES_PER_GPU=1, DETECTION_MIN_CONFIDENCE=0.0)
+        # Matterport's COCO evaluation settings (its InferenceConfig in samples/coco/coco.py);
+        # its DETECTION_MIN_CONFIDENCE 0 is every evaluation's (see min_confidence).
+        config.update(IMAGES_PER_GPU=1)
         source = ("the .h5's backbone and class count with Matterport's COCO evaluation "
                   "settings, used for an .h5 without --config")
     else:
         source = f"the config saved in {args.weights}"
-    if args.min_confidence is not None:
-        config.update(DETECTION_MIN_CONFIDENCE=args.min_confidence)
     return config, source
-
-
-def _check_out_dir(out_dir):
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise NotADirectoryError(f"--out {out_dir} exists and is not a directory")
-    os.makedirs(out_dir, exist_ok=True)
-    if not os.access(out_dir, os.W_OK):
-        raise PermissionError(f"--out {out_dir} is not writable")
 
 
 def _warn_about_class_names(config, dataset):

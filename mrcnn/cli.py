@@ -259,6 +259,32 @@ def _existing(path):
     return path
 
 
+def make_out_dir(out):
+    """Path(out), created with its parents; CliError when that is impossible."""
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CliError(f"--out {out_dir} exists and is not a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CliError(f"cannot create the output folder {out_dir}: "
+                       f"{error_message(error)}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise CliError(f"--out {out_dir} is not writable")
+    return out_dir
+
+
+def check_no_overwrite(out_dir, names, inputs):
+    """Raises CliError when a file `names` (file names) in out_dir would replace one of the
+    `inputs` (paths), links followed."""
+    inputs = {os.path.realpath(path): path for path in inputs if path is not None}
+    for name in names:
+        clash = inputs.get(os.path.realpath(Path(out_dir) / name))
+        if clash is not None:
+            raise CliError(f"--out {out_dir} would overwrite the input {clash}; choose another "
+                           "output folder")
+
+
 def drawable(result, model):
     """The result to draw: without mask scores when the model's MaskIoU head is untrained."""
     if model.maskiou_head.trained:

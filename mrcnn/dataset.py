@@ -133,11 +133,3 @@ def image_source(dataset, image_id):
         return dataset.image_info[image_id]["source"]
     return None
 
-
-def describe_image(dataset, image_id):
-    """"image 3 (path or reference)" for messages: image_reference(), else a Matterport
-    Dataset's path."""
-    reference = dataset.image_reference(image_id)
-    if not reference and isinstance(dataset, Dataset):
-        reference = dataset.image_info[image_id].get("path", "")
-    return f"image {image_id} ({reference})" if reference else f"image {image_id}"

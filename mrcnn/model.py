@@ -31,6 +31,7 @@ from mrcnn.training import set_trainable
 from mrcnn.weights import CLASS_LAYERS, describe_weights, imagenet_weights_path, is_keras_file
 from mrcnn.weights import load_weights as load_weights_into
 from preprocess.augmentation import as_augmentation
+from preprocess.training_data import flip_left_right
 from preprocess.training_data import load_image_gt as _load_sample
 
 __all__ = ["MaskRCNN", "MaskScoringRCNN", "compose_image_meta", "load_image_gt", "log",
@@ -183,9 +184,9 @@ def load_image_gt(dataset, config, image_id, augment=False, augmentation=None,
     `augmentation` (imgaug, albumentations or a callable) augments it; mask is [H, W, N], or
     the mini-masks [h, w, N] with use_mini_mask."""
     config = copy.deepcopy(config).update(USE_MINI_MASK=use_mini_mask)
-    rng = np.random.default_rng()
-    sample = _load_sample(dataset, image_id, config, flip=augment and rng.random() < 0.5,
-                          rng=rng, augmentation=as_augmentation(augmentation))
+    if augment:
+        augmentation = flip_left_right
+    sample = _load_sample(dataset, image_id, config, as_augmentation(augmentation))
     return (sample["image"], sample["image_meta"], sample["class_ids"].astype(np.int32),
             sample["boxes"], sample["masks"].transpose(1, 2, 0))
 

@@ -23,13 +23,33 @@ Downloaded and converted files live in `cache_dir()`:
 
 A file enters the cache only whole: it is written under a temporary name in the same directory
 and renamed once complete and checked, so an interrupted or failed download leaves nothing
-behind. Offline, pass a file you downloaded yourself (`--weights PATH` in the scripts).
+behind (and what a killed process left is removed on the next use of the cache). A file with a
+known SHA-256 is hashed once, after the download or the first time it is found without a record,
+and the result recorded beside it in `<name>.verified` (size, modification time, SHA-256); a file
+whose size or modification time no longer match its record is hashed again, and one whose
+content is not the expected file is downloaded again. Offline, pass a file you downloaded
+yourself (`--weights PATH` in the scripts).
+
+Training runs (mrcnn.trainer) write into their run directory, per epoch N:
+
+    epoch_NNNN.pth        a model checkpoint as above, plus "training": {"epoch", "global_step",
+                          ...} (small, JSON-like), so that it is also weights for load_weights
+    epoch_NNNN.state.pth  the rest of the training state that resume needs (optimiser,
+                          schedule, gradient scaler, random generators):
+                          {"format": "mrcnn-training-state", "version": 1, "epoch", "global_step",
+                          ...}; kept for the newest checkpoint only
+
+`save_epoch_checkpoint` writes the state file first and the model checkpoint second, each
+atomically, so an epoch counts as complete (`latest_resumable`) only when both are there and
+agree on epoch and step; a write cut short never leaves a pair that resume would pick.
+`export_weights` turns any checkpoint into a weights-only file for inference.
 """
 import hashlib
 import http.client
 import importlib.metadata
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -39,11 +59,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mrcnn.atomic import atomic_path, atomic_write
+from mrcnn.atomic import atomic_path, atomic_write, remove_stale_temporaries
 from mrcnn.config import Config
 
 CHECKPOINT_FORMAT = "mrcnn"
 CHECKPOINT_VERSION = 1
+TRAINING_STATE_FORMAT = "mrcnn-training-state"
+TRAINING_STATE_VERSION = 1
+EPOCH_CHECKPOINT = re.compile(r"epoch_(\d{4,})\.pth")
+VERIFIED_SUFFIX = ".verified"
 MASKIOU_PREFIX = "maskiou_head."
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -146,21 +170,30 @@ def load_weights(model, path, progress=False, exclude=(), backbone_only=False):
     model.load_state_dict(state, strict=False)
 
 
-def save_weights(model, config, path):
+def save_weights(model, config, path, training=None):
     """Writes the whole model and its config to an mrcnn checkpoint `path`, atomically.
 
     Either the complete file appears at `path` or, on any failure, `path` is left as it was.
-    `config` must have the model's weight shapes (SHAPE_FIELDS).
+    `config` must have the model's weight shapes (SHAPE_FIELDS). `training`, a small dict of
+    plain values (epoch, step, settings of a training run), is stored under "training".
     """
     _check_config(config.to_dict(), model.config, "the config given to save_weights is for")
-    checkpoint = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "config": config.to_dict(),
-        "state_dict": {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
-    }
+    state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    _write_checkpoint(path, config.to_dict(), state_dict, training)
+
+
+def _write_checkpoint(path, config_dict, state_dict, training=None):
+    checkpoint = {**checkpoint_header(), "config": config_dict, "state_dict": state_dict}
+    if training is not None:
+        checkpoint["training"] = training
     with atomic_write(path) as f:
         torch.save(checkpoint, f)
+
+
+def checkpoint_header(format=CHECKPOINT_FORMAT):
+    """The entries that identify an mrcnn file: {"format", "version"}."""
+    version = TRAINING_STATE_VERSION if format == TRAINING_STATE_FORMAT else CHECKPOINT_VERSION
+    return {"format": format, "version": version}
 
 
 def read_checkpoint(path):
@@ -172,6 +205,9 @@ def read_checkpoint(path):
     except Exception as error:  # torch.load raises many types for files that are not its own.
         raise WeightsError(f"{path} is neither a Keras .h5 file nor a PyTorch checkpoint "
                            f"({type(error).__name__}: {error})") from None
+    if isinstance(checkpoint, dict) and checkpoint.get("format") == TRAINING_STATE_FORMAT:
+        raise WeightsError(f"{path} is the training state of a run (optimiser and schedule, "
+                           "for resuming), not model weights; use the epoch_NNNN.pth beside it")
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise WeightsError(f"{path} is a PyTorch file but not an mrcnn checkpoint (no "
                            f"'format': {CHECKPOINT_FORMAT!r} entry); write checkpoints with "
@@ -189,6 +225,98 @@ def read_checkpoint(path):
 def checkpoint_config(path):
     """The Config stored in an mrcnn checkpoint (to build the model it fits)."""
     return Config.from_dict(read_checkpoint(path)["config"])
+
+
+def export_weights(source, dest):
+    """Writes the weights and config of the checkpoint `source` (a training run's epoch_NNNN.pth
+    or any mrcnn .pth) to `dest` as a weights-only checkpoint, atomically. Returns Path(dest)."""
+    checkpoint = read_checkpoint(source)
+    _write_checkpoint(dest, checkpoint["config"], checkpoint["state_dict"])
+    return Path(dest)
+
+
+# Training runs: a model checkpoint and the training state per epoch (see the module docstring).
+
+def epoch_checkpoint_path(run_dir, epoch):
+    return Path(run_dir) / f"epoch_{epoch:04d}.pth"
+
+
+def training_state_path(run_dir, epoch):
+    return Path(run_dir) / f"epoch_{epoch:04d}.state.pth"
+
+
+def epoch_checkpoints(run_dir):
+    """{epoch: path} of the model checkpoints epoch_NNNN.pth of a run directory, oldest first."""
+    run_dir = Path(run_dir)
+    found = {}
+    if run_dir.is_dir():
+        for path in run_dir.iterdir():
+            match = EPOCH_CHECKPOINT.fullmatch(path.name)
+            if match:
+                found[int(match[1])] = path
+    return dict(sorted(found.items()))
+
+
+def save_epoch_checkpoint(run_dir, model, config, training, state, keep_last=0):
+    """Writes epoch training["epoch"] of a run: its training state, then its model checkpoint.
+
+    training: small dict of plain values with at least "epoch" and "global_step", stored in the
+        model checkpoint (see save_weights).
+    state: what resuming needs beyond the weights (optimizer, scheduler, ... state dicts).
+    keep_last: keep this many model checkpoints, the newest (0: all). The training state is
+        kept for this newest checkpoint only.
+    Returns the model checkpoint's path.
+    """
+    epoch = training["epoch"]
+    state_file = training_state_path(run_dir, epoch)
+    with atomic_write(state_file) as f:
+        torch.save({**checkpoint_header(TRAINING_STATE_FORMAT), "epoch": epoch,
+                    "global_step": training["global_step"], **state}, f)
+    path = epoch_checkpoint_path(run_dir, epoch)
+    save_weights(model, config, path, training)
+    for old in Path(run_dir).glob("epoch_*.state.pth"):
+        if old != state_file:
+            old.unlink()
+    if keep_last:
+        for old in list(epoch_checkpoints(run_dir).values())[:-keep_last]:
+            old.unlink()
+    return path
+
+
+def latest_resumable(run_dir):
+    """(model checkpoint, training state) paths of the newest epoch of a run directory that has
+    both, or None. Temporary files of interrupted writes never match."""
+    for epoch, path in reversed(epoch_checkpoints(run_dir).items()):
+        state_file = training_state_path(run_dir, epoch)
+        if state_file.is_file():
+            return path, state_file
+    return None
+
+
+def read_training_checkpoint(checkpoint_path, state_path):
+    """(checkpoint, state): the model checkpoint (read_checkpoint, with its "training" dict) and
+    the training state dict of one epoch, checked to belong together. Raises WeightsError."""
+    checkpoint = read_checkpoint(checkpoint_path)
+    training = checkpoint.get("training")
+    if not isinstance(training, dict):
+        raise WeightsError(f"{checkpoint_path} holds weights only, not a training run's "
+                           "checkpoint")
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises many types for damaged files.
+        raise WeightsError(f"{state_path} cannot be read ({type(error).__name__}: {error}); "
+                           "it is damaged") from None
+    if not isinstance(state, dict) or state.get("format") != TRAINING_STATE_FORMAT:
+        raise WeightsError(f"{state_path} is not an mrcnn training state")
+    if state.get("version") != TRAINING_STATE_VERSION:
+        raise WeightsError(f"{state_path} is a training state of format version "
+                           f"{state.get('version')!r}; this code reads version "
+                           f"{TRAINING_STATE_VERSION}")
+    pair = [(source.get("epoch"), source.get("global_step")) for source in (training, state)]
+    if pair[0] != pair[1]:
+        raise WeightsError(f"{state_path} (epoch, step {pair[1]}) does not belong to "
+                           f"{checkpoint_path} (epoch, step {pair[0]})")
+    return checkpoint, state
 
 
 def describe_weights(path):
@@ -391,18 +519,78 @@ def cached_download(url, filename, expected_size=None, sha256=None, progress=Tru
                     timeout=DEFAULT_TIMEOUT, md5=None):
     """cache_dir()/filename, downloaded from `url` on first use (see `download`).
 
-    A cached file is trusted once it has the expected size: it was checked when it entered the
-    cache, and hashing hundreds of megabytes at every start would be slow.
+    With `sha256`, the content is verified: hashed once after the download (or when first found
+    without a record) and recorded in <filename>.verified with the file's size and modification
+    time; a later call trusts the file while those still match and hashes it again otherwise. A
+    cached file of the wrong size or content is reported and downloaded again. Without `sha256`
+    only the size is checked (an `md5` is checked when the file is downloaded).
     """
-    dest = cache_dir() / filename
+    directory = cache_dir()
+    remove_stale_temporaries(directory)
+    dest = directory / filename
     if dest.is_file():
-        size = dest.stat().st_size
-        if expected_size is not None and size != expected_size:
-            raise DownloadError(f"the cached file {dest} has {size} bytes, expected "
-                                f"{expected_size}: delete it to download it again, or pass "
-                                "--weights PATH")
-        return dest
-    return download(url, dest, expected_size, sha256, progress, timeout, md5)
+        problem = _cached_file_problem(dest, expected_size, sha256, progress)
+        if problem is None:
+            return dest
+        print(f"note: the cached {dest} {problem}; downloading it again", file=sys.stderr)
+        try:
+            download(url, dest, expected_size, sha256, progress, timeout, md5)
+        except DownloadError as error:
+            raise DownloadError(f"the cached {dest} {problem}, and downloading it again "
+                                f"failed: {error}") from None
+    else:
+        download(url, dest, expected_size, sha256, progress, timeout, md5)
+    if sha256 is not None:
+        _record_verified(dest, sha256.lower())
+    return dest
+
+
+def _cached_file_problem(path, expected_size, sha256, progress):
+    """What is wrong with a cached file (a phrase), or None when it is the expected one."""
+    stat = path.stat()
+    if expected_size is not None and stat.st_size != expected_size:
+        return f"has {stat.st_size} bytes, expected {expected_size}"
+    if sha256 is None:
+        return None
+    sha256 = sha256.lower()
+    if _read_verified(path) == {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                                "sha256": sha256}:
+        return None
+    digest = file_sha256(path, progress)
+    if digest != sha256:
+        return f"has SHA-256 {digest}, expected {sha256} (damaged or another file)"
+    _record_verified(path, digest)
+    return None
+
+
+def file_sha256(path, progress=False):
+    """Hex SHA-256 of a file, with a progress bar on stderr when `progress`."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f, tqdm(total=os.path.getsize(path), desc=f"verifying {path.name}",
+                                     unit="B", unit_scale=True, unit_divisor=1024,
+                                     disable=not progress, file=sys.stderr, leave=False) as bar:
+        for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+def _verified_record_path(path):
+    return path.with_name(path.name + VERIFIED_SUFFIX)
+
+
+def _read_verified(path):
+    try:
+        return json.loads(_verified_record_path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _record_verified(path, sha256):
+    """Records that `path`, as it is now (size, modification time), has content `sha256`."""
+    stat = path.stat()
+    with atomic_write(_verified_record_path(path), "w") as f:
+        json.dump({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}, f)
 
 
 def coco_weights_path(progress=True):
@@ -440,6 +628,7 @@ def cached_converted_weights(h5_path, convert_fn, tag="", suffix=".pth"):
     identity = f"{h5_path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{tag}".encode()
     key = hashlib.sha256(identity).hexdigest()[:16]
     dest = cache_dir() / "converted" / f"{h5_path.stem}-{key}{suffix}"
+    remove_stale_temporaries(dest.parent)
     if not dest.is_file():
         with atomic_path(dest) as tmp:
             convert_fn(h5_path, tmp)

@@ -8,7 +8,7 @@ kind of callable for the training samples.
 
 whose random choices all come from `numpy.random` (imgaug's and albumentations' own generators
 are seeded from it), so that seeding numpy's global generator for a sample (as the training
-samples do) fixes its augmentation.
+samples do, preprocess.training_data.augment) fixes its augmentation.
 
 applied as Matterport's load_image_gt applies its imgaug augmentation: after resizing, the
 same random transformation on the image and its masks, the image size unchanged (the image
@@ -27,9 +27,6 @@ meta's window is not moved, as in Matterport). It accepts
 
 Neither library is a dependency: an augmenter of either is recognised without importing it.
 """
-import contextlib
-import random
-
 import numpy as np
 
 # The imgaug augmenters that Matterport applies to masks: they move pixels and keep values.
@@ -62,20 +59,6 @@ def as_augmentation(augmentation):
         return _checked(apply(image, masks), image, masks, augmentation)
 
     return augment
-
-
-@contextlib.contextmanager
-def seeded_global_random(seed):
-    """Seeds `random` and `numpy.random` for the block, then puts their states back, so the
-    caller's random streams do not change."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    try:
-        yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
 
 
 def _seed_from_numpy():

@@ -161,7 +161,7 @@ class CocoDataset:
                          image["height"], image["width"])
 
     def image_reference(self, index):
-        """The path of image `index` (the dataset interface's image_reference)."""
+        """The file of image `index` (Matterport's `Dataset.image_reference`)."""
         return self.image_info(index).path
 
     def load_image(self, index):

@@ -9,8 +9,9 @@ import pytest
 
 from mrcnn import utils
 from mrcnn.config import Config
-from preprocess.augmentation import AugmentationError, as_augmentation, seeded_global_random
-from preprocess.training_data import TrainingSamples, load_image_gt, trainable_image_indices
+from preprocess.augmentation import AugmentationError, as_augmentation
+from preprocess.training_data import (TrainingSamples, load_image_gt,
+                                      seeded_global_generators, trainable_image_indices)
 
 
 def image_and_masks():
@@ -34,7 +35,7 @@ def test_a_plain_callable_is_applied_to_image_and_masks():
     assert out_masks.dtype == bool and out_image.flags.c_contiguous
 
 
-def test_seeded_global_random_fixes_a_callable_and_restores_the_callers_streams():
+def test_the_samples_seeding_fixes_a_callable_and_restores_the_callers_streams():
     def random_shift(image, masks):
         shift = np.random.randint(1, 10) + random.randint(0, 100)
         return np.roll(image, shift, axis=1), np.roll(masks, shift, axis=1)
@@ -43,7 +44,7 @@ def test_seeded_global_random_fixes_a_callable_and_restores_the_callers_streams(
     image, masks = image_and_masks()
 
     def shifted(seed):
-        with seeded_global_random(seed):
+        with seeded_global_generators(seed):
             return augment(image, masks)[0]
 
     np.random.seed(123)
@@ -113,7 +114,7 @@ def test_imgaug_protocol_with_a_stand_in_library(monkeypatch):
 
     augmenter = Sequential()
     image, masks = image_and_masks()
-    with seeded_global_random(11):
+    with seeded_global_generators(11):
         out_image, out_masks = as_augmentation(augmenter)(image, masks)
         drawn_next = np.random.randint(2 ** 31)
     np.random.seed(11)
@@ -153,7 +154,7 @@ def test_albumentations_transform():
     augment = as_augmentation(albumentations.Compose([albumentations.HorizontalFlip(p=0.5)]))
 
     def flipped(seed):
-        with seeded_global_random(seed):
+        with seeded_global_generators(seed):
             return bool(augment(image, masks)[1][1, 9, 0])
 
     flips = [flipped(seed) for seed in range(16)]
@@ -196,7 +197,7 @@ def config(**fields):
 
 def test_samples_of_a_matterport_dataset(squares):
     assert trainable_image_indices(squares) == [0, 1, 2]
-    samples = TrainingSamples(squares, config(), augment=False)
+    samples = TrainingSamples(squares, config())
     sample = samples[(1, 0)]          # image 1 has no instance: image 2 is taken instead
     assert sample["image_meta"][0] == 2
     # Only the classes of image 2's source are active (Matterport's active_class_ids).
@@ -206,7 +207,7 @@ def test_samples_of_a_matterport_dataset(squares):
 
 def test_augmentation_and_no_augmentation_sources(squares):
     augment = as_augmentation(flip_and_brighten)
-    samples = TrainingSamples(squares, config(), augment=False, augmentation=augment,
+    samples = TrainingSamples(squares, config(), augmentation=augment,
                               no_augmentation_sources=["dots"])
     plain = load_image_gt(squares, 0, config())
     augmented = samples[(0, 0)]
@@ -219,5 +220,5 @@ def test_augmentation_and_no_augmentation_sources(squares):
 def test_a_dataset_without_instances_is_an_error(squares):
     for info in squares.image_info:
         info["boxes"], info["classes"] = [], []
-    with pytest.raises(RuntimeError, match="nothing to train on"):
-        TrainingSamples(squares, config(), augment=False)[(0, 0)]
+    with pytest.raises(RuntimeError, match="no image of the dataset gives a training sample"):
+        TrainingSamples(squares, config())[(0, 0)]

@@ -231,3 +231,22 @@ def test_default_weights_are_converted_once_and_loaded(tmp_path, monkeypatch, re
     kernel = read_keras_weights(reference_weights)["conv1"]["kernel"]
     np.testing.assert_array_equal(model.keras_layers()["conv1"].weight.detach().numpy(),
                                   kernel.transpose(3, 2, 0, 1))
+
+
+def test_an_output_never_replaces_an_input(tmp_path):
+    image = tmp_path / "photo.png"
+    image.write_bytes(b"input")
+    (tmp_path / "link.png").symlink_to(image)
+    cli.check_no_overwrite(tmp_path, ["photo.json", "other.png"], [image, None])
+    with pytest.raises(cli.CliError, match="would overwrite the input .*photo.png"):
+        cli.check_no_overwrite(tmp_path, ["photo.png"], [image])
+    with pytest.raises(cli.CliError, match="would overwrite the input .*photo.png"):
+        cli.check_no_overwrite(tmp_path, ["link.png"], [image])  # links are followed
+
+
+def test_out_dir_is_made_or_refused_clearly(tmp_path):
+    assert cli.make_out_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert (tmp_path / "a" / "b").is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(cli.CliError, match="exists and is not a directory"):
+        cli.make_out_dir(tmp_path / "file")
