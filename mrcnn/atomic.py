@@ -61,7 +61,7 @@ def atomic_write(path, mode="wb"):
 
 def fsync_file(path):
     """Flushes a closed file's data to the disk."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDWR)  # Windows syncs only handles open for writing
     try:
         os.fsync(fd)
     finally:
@@ -105,6 +105,8 @@ def remove_stale_temporaries(directory):
 
 
 def _process_runs(pid):
+    if os.name != "posix":  # Windows' os.kill would terminate the process: assume it runs
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from mrcnn.atomic import remove_stale_temporaries
 from mrcnn.config import CocoConfig, Config, read_json_fields
 from mrcnn.weights import (CHECKPOINT_VERSION, DownloadError, MaskIoUHeadNotInFileWarning,
                            WeightsError, cache_dir, cached_converted_weights, checkpoint_config,
@@ -260,7 +261,8 @@ def _existing(path):
 
 
 def make_out_dir(out):
-    """Path(out), created with its parents; CliError when that is impossible."""
+    """Path(out), created with its parents, without the temporary files that writers killed
+    there left (mrcnn.atomic); CliError when that is impossible."""
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise CliError(f"--out {out_dir} exists and is not a directory")
@@ -271,6 +273,7 @@ def make_out_dir(out):
                        f"{error_message(error)}") from None
     if not os.access(out_dir, os.W_OK):
         raise CliError(f"--out {out_dir} is not writable")
+    remove_stale_temporaries(out_dir)
     return out_dir
 
 

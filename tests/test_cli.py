@@ -1,4 +1,5 @@
 """mrcnn.cli: device choice, config resolution, weights errors and the one-line error report."""
+import os
 import socket
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from mrcnn.weights import WeightsError
-from mrcnn import cli, weights
+from mrcnn import atomic, cli, weights
 from mrcnn.config import COCO_CLASS_NAMES, CocoConfig, Config
 from mrcnn.weights import DownloadError
 
@@ -247,6 +248,13 @@ def test_an_output_never_replaces_an_input(tmp_path):
 def test_out_dir_is_made_or_refused_clearly(tmp_path):
     assert cli.make_out_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"
     assert (tmp_path / "a" / "b").is_dir()
+    # What a killed writer left there goes; a live writer's temporary file stays.
+    killed = tmp_path / "a" / "b" / f".summary.json.{atomic.HOST_TAG}-999999999.abcd_123.tmp"
+    live = tmp_path / "a" / "b" / f".summary.json.{atomic.HOST_TAG}-{os.getpid()}.abcd_123.tmp"
+    killed.write_text("half")
+    live.write_text("half")
+    cli.make_out_dir(tmp_path / "a" / "b")
+    assert not killed.exists() and live.exists()
     (tmp_path / "file").write_text("x")
     with pytest.raises(cli.CliError, match="exists and is not a directory"):
         cli.make_out_dir(tmp_path / "file")
