@@ -21,14 +21,19 @@ import errno
 import os
 import re
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from mrcnn.detector import MaskScoringRCNN, unmold_results
 from mrcnn.molding import compose_image_meta, parse_image_meta
 from mrcnn.molding import mold_image as _mold_image
+from mrcnn.atomic import atomic_path
+from mrcnn.trainer import Trainer
 from mrcnn.training import set_trainable
-from mrcnn.weights import CLASS_LAYERS, describe_weights, imagenet_weights_path, is_keras_file
+from mrcnn.weights import (CLASS_LAYERS, describe_weights, epoch_checkpoint_path,
+                           imagenet_weights_path, is_keras_file, read_checkpoint)
 from mrcnn.weights import load_weights as load_weights_into
 from preprocess.augmentation import as_augmentation
 from preprocess.training_data import flip_left_right
@@ -62,6 +67,8 @@ class MaskRCNN:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.torch_model = MaskScoringRCNN(config).to(self.device)
         self.torch_model.train(mode == "training")
+        self._trainer = None
+        self._global_step = 0
         self.set_log_dir()
 
     @property
@@ -131,7 +138,15 @@ class MaskRCNN:
         load_weights_into(self.torch_model, filepath, exclude=exclude,
                           backbone_only=backbone_only)
         self.set_log_dir(filepath)
+        self._global_step = self._steps_before(filepath)
         return self
+
+    def _steps_before(self, filepath):
+        """The optimisation steps a checkpoint of train() was written after (0 for others)."""
+        if not self.epoch or is_keras_file(filepath):
+            return 0
+        training = read_checkpoint(filepath).get("training") or {}
+        return training.get("global_step", self.epoch * self.config.STEPS_PER_EPOCH)
 
     def get_imagenet_weights(self):
         """Path of Keras's ImageNet ResNet-50 weights, downloaded once into the verified cache
@@ -148,6 +163,66 @@ class MaskRCNN:
             for name in trained:
                 log(f"{name:20}   ({type(self.torch_model.named_layers()[name]).__name__})")
         return trained
+
+    # Training.
+
+    def train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
+              augmentation=None, custom_callbacks=None, no_augmentation_sources=None):
+        """Trains up to epoch `epochs` (absolute: from self.epoch, the epoch of a loaded
+        checkpoint of train(), on), with the training loop of mrcnn.trainer.
+
+        train_dataset, val_dataset: prepared datasets (utils.Dataset subclasses, or any dataset
+            with the interface of mrcnn.dataset); val_dataset may be None.
+        learning_rate: SGD's, with LEARNING_MOMENTUM; a new optimizer per call, as Matterport.
+        layers: "heads", "3+", "4+", "5+", "all", "maskiou" (the MaskIoU head alone), or a
+            regular expression fully matching the layer names to train.
+        augmentation: an imgaug augmenter, an albumentations transform or a callable
+            (image, masks) -> (image, masks) (see preprocess.augmentation).
+        custom_callbacks: objects with Keras's on_epoch_end(epoch, logs): called after each
+            epoch with its 0-based index and the epoch's losses.
+        no_augmentation_sources: dataset sources whose images are not augmented.
+
+        Each epoch is STEPS_PER_EPOCH steps of IMAGES_PER_GPU images, with a progress bar, then
+        VALIDATION_STEPS validation batches; the losses are printed per epoch and written to
+        log_dir (metrics.csv, validation.csv, TensorBoard when installed), and the weights to
+        log_dir/mask_rcnn_<name>_<epoch>.pth (checkpoint_path).
+        """
+        self._check_mode("training", "train")
+        callbacks = _keras_style_callbacks(custom_callbacks)
+        for name, dataset in (("train_dataset", train_dataset), ("val_dataset", val_dataset)):
+            if dataset is not None and not hasattr(dataset, "num_classes"):
+                raise ValueError(f"{name} is not prepared: call its prepare() after adding the "
+                                 "classes and images")
+        trainer = self._trainer_of_run()
+        log(f"\nStarting at epoch {self.epoch}. LR={learning_rate}\n")
+        log(f"Checkpoint Path: {self.checkpoint_path}")
+
+        def after_epoch(epoch, results):
+            self._name_checkpoint(epoch)
+            for callback in callbacks:
+                callback.on_epoch_end(epoch - 1, logs=dict(results))
+
+        trainer.train(train_dataset, val_dataset, learning_rate, epochs, layers,
+                      augmentation=as_augmentation(augmentation),
+                      no_augmentation_sources=no_augmentation_sources,
+                      epoch_callbacks=[after_epoch])
+        self.epoch = max(self.epoch, epochs)
+        self._global_step = trainer.global_step
+
+    def _trainer_of_run(self):
+        """The Trainer of log_dir, counting epochs and steps on from self.epoch."""
+        self._name()
+        if self._trainer is None or self._trainer.run_dir != Path(self.log_dir) \
+                or self._trainer.epoch != self.epoch:
+            self._trainer = Trainer(self.torch_model, self.log_dir)
+            self._trainer.epoch, self._trainer.global_step = self.epoch, self._global_step
+        return self._trainer
+
+    def _name_checkpoint(self, epoch):
+        """Gives the epoch's checkpoint Matterport's name (a second link to the same file)."""
+        with atomic_path(self.checkpoint_path.format(epoch=epoch)) as tmp:
+            os.unlink(tmp)
+            os.link(epoch_checkpoint_path(self.log_dir, epoch), tmp)
 
     # Inference.
 
@@ -212,6 +287,18 @@ def log(text, array=None):
             text += f"min: {'':10}  max: {'':10}"
         text += f"  {array.dtype}"
     print(text)
+
+
+def _keras_style_callbacks(callbacks):
+    """The callbacks, checked to have Keras's on_epoch_end(epoch, logs)."""
+    callbacks = list(callbacks or ())
+    unusable = [type(callback).__name__ for callback in callbacks
+                if not callable(getattr(callback, "on_epoch_end", None))]
+    if unusable:
+        raise TypeError(f"custom_callbacks must have Keras's on_epoch_end(epoch, logs) method; "
+                        f"{unusable} have none (Keras callbacks that use the Keras model "
+                        "cannot work here: there is no Keras model)")
+    return callbacks
 
 
 def _subfolders(path):

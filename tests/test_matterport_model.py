@@ -212,3 +212,70 @@ def test_imagenet_weights_download_and_load_into_the_resnet_only(server, tmp_pat
     with pytest.raises(WeightsError, match="the file is a resnet50 backbone, the config "
                                            "resnet101"):
         deeper.load_weights(h5_path)
+
+
+# ----------------------------------------------------------------------------- training
+
+class TinyTrainConfig(SmallConfig):
+    NAME = "tiny"
+    IMAGE_MIN_DIM = 64
+    IMAGE_MAX_DIM = 64
+    TOP_DOWN_PYRAMID_SIZE = 32
+    FPN_CLASSIF_FC_LAYERS_SIZE = 32
+    RPN_ANCHOR_SCALES = [8, 16, 32, 64, 128]
+    POST_NMS_ROIS_TRAINING = 64
+    TRAIN_ROIS_PER_IMAGE = 16
+    STEPS_PER_EPOCH = 2
+    VALIDATION_STEPS = 1
+
+
+class RecordingCallback:
+    def __init__(self):
+        self.calls = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.calls.append((epoch, sorted(logs)))
+
+
+def test_train_counts_epochs_as_matterport_and_names_checkpoints_as_it(tmp_path):
+    dataset = squares_dataset(tmp_path / "data")
+    torch.manual_seed(0)
+    model = modellib.MaskRCNN("training", TinyTrainConfig(NUM_CLASSES=3), tmp_path / "logs",
+                              device="cpu")
+    callback = RecordingCallback()
+    model.train(dataset, dataset, 0.001, 1, "heads", augmentation=lambda i, m: (i, m),
+                custom_callbacks=[callback])
+    assert model.epoch == 1
+    first = os.path.join(model.log_dir, "mask_rcnn_tiny_0001.pth")
+    assert os.path.isfile(first)
+    assert callback.calls[0][0] == 0 and "loss" in callback.calls[0][1]
+    assert "val_loss" in callback.calls[0][1]
+    model.train(dataset, dataset, 0.001, 1, "heads")           # epoch 1 is reached: nothing
+    assert not os.path.exists(os.path.join(model.log_dir, "mask_rcnn_tiny_0002.pth"))
+
+    again = modellib.MaskRCNN("training", TinyTrainConfig(NUM_CLASSES=3), tmp_path / "logs",
+                              device="cpu")
+    again.load_weights(again.find_last())
+    assert again.epoch == 1 and again.log_dir == model.log_dir
+    again.train(dataset, None, 0.001, 2, "4+")
+    assert again.find_last() == os.path.join(model.log_dir, "mask_rcnn_tiny_0002.pth")
+    with pytest.raises(TypeError, match="on_epoch_end"):
+        again.train(dataset, None, 0.001, 3, "heads", custom_callbacks=[object()])
+
+
+def squares_dataset(folder):
+    import cv2
+
+    from tests.test_augmentation import SquaresDataset
+
+    folder.mkdir()
+    dataset = SquaresDataset()
+    dataset.add_class("squares", 1, "square")
+    dataset.add_class("dots", 1, "dot")
+    for i, (source, boxes, classes) in enumerate([("squares", [[4, 4, 12, 20]], [1]),
+                                                  ("dots", [[20, 30, 28, 40]], [2])]):
+        path = folder / f"{i}.png"
+        cv2.imwrite(str(path), np.full((32, 48, 3), 60 * i, np.uint8))
+        dataset.add_image(source, image_id=i, path=str(path), boxes=boxes, classes=classes)
+    dataset.prepare()
+    return dataset
