@@ -144,46 +144,11 @@ def test_detect_returns_matterports_dicts(four_class_pth, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- ImageNet
 
-def write_imagenet_h5(path, model):
-    """The model's ResNet in the layout of Keras's ImageNet ResNet-50 (Keras 1 weight names
-    <layer>_W:0 ... <layer>_running_std:0, weightless layers in between)."""
-    names = {"kernel": "W", "bias": "b", "gamma": "gamma", "beta": "beta",
-             "moving_mean": "running_mean", "moving_variance": "running_std"}
-    layer_names = ["input_1", "zeropadding2d_1"]
-    with h5py.File(path, "w") as f:
-        for name in layer_names:
-            f.create_group(name).attrs["weight_names"] = np.zeros(0, "S1")
-        for name, module in model.backbone.keras_layers().items():
-            if isinstance(module, torch.nn.Conv2d):
-                params = {"kernel": module.weight.permute(2, 3, 1, 0), "bias": module.bias}
-            else:
-                params = {"gamma": module.weight, "beta": module.bias,
-                          "moving_mean": module.running_mean,
-                          "moving_variance": module.running_var}
-            group = f.create_group(name)
-            weight_names = [f"{name}_{names[param]}:0" for param in params]
-            group.attrs["weight_names"] = np.array(weight_names, "S")
-            for weight_name, tensor in zip(weight_names, params.values()):
-                group.create_dataset(weight_name, data=tensor.detach().numpy())
-            layer_names.append(name)
-        f.attrs["layer_names"] = np.array(layer_names + ["avg_pool"], "S")
-        f.create_group("avg_pool").attrs["weight_names"] = np.zeros(0, "S1")
-
-
 def test_imagenet_weights_download_and_load_into_the_resnet_only(server, tmp_path,  # noqa: F811
-                                                                 monkeypatch):
+                                                                 monkeypatch, imagenet_h5):
     """get_imagenet_weights downloads through the verified cache (size and MD5) and
     load_weights fills the ResNet layers from it, nothing else."""
-    torch.manual_seed(1)
-    donor = modellib.MaskScoringRCNN(Config(BACKBONE="resnet50", NUM_CLASSES=2))
-    for module in donor.backbone.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-1, 1)
-            module.running_var.uniform_(0.5, 2)
-    served = tmp_path / "served"
-    served.mkdir()
-    h5_path = served / "resnet50_notop.h5"
-    write_imagenet_h5(h5_path, donor)
+    h5_path, donor_backbone = imagenet_h5
     payload = h5_path.read_bytes()
     monkeypatch.setattr(test_weights, "PAYLOAD", payload)     # what the server sends
     monkeypatch.setenv("MRCNN_CACHE", str(tmp_path / "cache"))
@@ -196,10 +161,9 @@ def test_imagenet_weights_download_and_load_into_the_resnet_only(server, tmp_pat
     assert path == str(tmp_path / "cache" / weights.IMAGENET_WEIGHTS_FILENAME)
     fpn_before = model.torch_model.named_layers()["fpn_c5p5"].weight.detach().clone()
     model.load_weights(path, by_name=True)
-    ours = model.torch_model.state_dict()
-    for key, value in donor.state_dict().items():
-        if key.startswith("backbone."):
-            assert torch.equal(ours[key], value), key
+    ours = model.torch_model.backbone.state_dict()
+    for key, value in donor_backbone.items():
+        assert torch.equal(ours[key], value), key
     assert torch.equal(model.torch_model.named_layers()["fpn_c5p5"].weight, fpn_before)
 
     monkeypatch.setattr(weights, "IMAGENET_WEIGHTS_MD5", "0" * 32)

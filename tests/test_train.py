@@ -571,3 +571,19 @@ def test_config_must_fit_the_dataset_and_a_used_run_dir_is_not_overwritten(shape
     assert train.main(train_args(shapes, tmp_path / "c", "--epochs", "1", "--config",
                                  str(tmp_path / "c" / "config.json"))) == 1
     assert "would overwrite the input" in capsys.readouterr().err
+
+
+def test_imagenet_weights_start_the_resnet(shapes, tmp_path, monkeypatch, imagenet_h5, capsys):
+    path, donor_backbone = imagenet_h5
+    monkeypatch.setattr(train, "imagenet_weights_path", lambda progress: path)
+    run_train(*train_args(shapes, tmp_path / "run", "--epochs", "1", "--steps-per-epoch", "1",
+                          weights="imagenet"))
+    trained = torch.load(tmp_path / "run" / "epoch_0001.pth", weights_only=True)["state_dict"]
+    for key, value in donor_backbone.items():       # "heads" leaves the ResNet as loaded
+        assert torch.equal(trained[f"backbone.{key}"], value), key
+
+    deeper = tmp_path / "r101.json"
+    deeper.write_text(json.dumps(dict(TINY, BACKBONE="resnet101")))
+    assert train.main(train_args(shapes, tmp_path / "deeper", "--epochs", "1", "--config",
+                                 str(deeper), weights="imagenet")) == 1
+    assert "set BACKBONE \"resnet50\"" in capsys.readouterr().err
