@@ -151,13 +151,12 @@ def build_config(config_path=None, weights=None, defaults=None, **overrides):
     WeightsError for a weights file that is neither a Keras .h5 nor an mrcnn checkpoint.
     """
     try:
-        path = None if weights is None else _existing(weights)
-        if path is not None and config_path is None and not is_hdf5(path):
-            return checkpoint_config(path).update(**overrides)
+        if config_path is None and weights is not None and not is_hdf5(_existing(weights)):
+            return checkpoint_config(weights).update(**overrides)
         values = {} if config_path is None else read_json_fields(config_path)
-        # The .h5 is read only for what the config file does not say.
-        from_weights = {} if path is None or {"BACKBONE", "NUM_CLASSES"} <= set(values) \
-            else _keras_fields(path)
+        # The weights file is read only for what the config file does not say.
+        needs_file = weights is not None and not {"BACKBONE", "NUM_CLASSES"} <= set(values)
+        from_weights = _keras_fields(_existing(weights)) if needs_file else {}
         if config_path is not None:
             base = Config
         else:
