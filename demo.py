@@ -14,8 +14,8 @@ from tqdm import tqdm
 from mrcnn.atomic import atomic_write
 from mrcnn.cli import (CliError, add_max_pixels_argument, add_model_arguments,
                        add_precision_argument, build_config, check_no_overwrite, drawable,
-                       error_message, load_model, make_out_dir,
-                       reports_errors, resolve_device)
+                       error_message, load_model, make_out_dir, reports_errors, resolve_device)
+from mrcnn.config import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 from preprocess.images import IMAGE_ERRORS, check_resizable, load_image
 from postprocess.visualize import draw_instances, result_to_coco_json, write_png
 
@@ -30,7 +30,8 @@ DESCRIPTION = """\
 Detects objects in images with Mask Scoring R-CNN and writes each image annotated (masks,
 boxes, labels 'class score (mask score)') as a PNG of the input's size into --out, and with
 --json its detections as a JSON list of COCO-style results: bbox [x, y, w, h] in image pixels,
-category_id, category_name, score (class score), mask_score, segmentation (compressed RLE).
+category_id (COCO's category id for a COCO model, else the class id), category_name, score
+(class score), mask_score, segmentation (compressed RLE).
 
 Inputs are image files, folders (their images, sorted, not recursive) and glob patterns
 (quote them, e.g. 'photos/**/*.jpg'); with none, the sample images shipped in samples/.
@@ -158,8 +159,17 @@ def write_outputs(image, result, out_dir, stem, class_names, write_json, drawn=N
     if write_json:
         written.append(out_dir / f"{stem}.json")
         with atomic_write(written[1], "w") as f:
-            json.dump(result_to_coco_json(result, class_names=class_names), f)
+            json.dump(result_to_coco_json(result, class_names=class_names,
+                                          category_ids=category_ids(class_names)), f)
     return written
+
+
+def category_ids(class_names):
+    """{class id: COCO category id} for a model of COCO's classes; None for other models, whose
+    JSON category_id is the class id."""
+    if list(class_names) != COCO_CLASS_NAMES:
+        return None
+    return dict(enumerate(COCO_CATEGORY_IDS, start=1))
 
 
 def check_arguments(args, parser):

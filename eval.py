@@ -31,9 +31,10 @@ as in Matterport's COCO code; results carry the dataset's own image and category
 
 The model: --weights is a Matterport Keras .h5 or a .pth of this project. Its settings come from
 --config (a JSON object with any subset of Config fields, e.g. a Config.to_json file; the rest keep
-Config's defaults), else from the .pth itself, else (an .h5 without --config) Matterport's COCO
-evaluation settings: CocoConfig (ResNet-101, 81 classes) with one image per batch. NUM_CLASSES
-must equal the dataset's category count + 1.
+Config's defaults, NUM_CLASSES and CLASS_NAMES the dataset's, BACKBONE and NUM_CLASSES an .h5's),
+else from the .pth itself, else (an .h5 without --config) the backbone and class count the .h5
+was made for with Matterport's COCO evaluation settings: one image per batch. NUM_CLASSES must
+equal the dataset's category count + 1.
 
 Detections: every evaluation keeps every detection whatever its class score
 (DETECTION_MIN_CONFIDENCE 0, Matterport's COCO evaluation setting, as train.py --eval-every and
@@ -194,7 +195,7 @@ def prepare(args, device, verbose=True):
     dataset = open_dataset(annotation_json, image_dir, say, **dataset_options(args))
     coco_eval.check_images(dataset, coco_eval.select_images(dataset, args.limit))
 
-    config, config_source = _config(args)
+    config, config_source = _config(args, dataset)
     check_class_count(config, dataset, config_source)
     if verbose:
         _warn_about_class_names(config, dataset)
@@ -231,10 +232,13 @@ def min_confidence(args):
     return coco_eval.EVAL_MIN_CONFIDENCE
 
 
-def _config(args):
-    """The Config (mrcnn.cli.build_config) and a phrase saying where it came from."""
+def _config(args, dataset):
+    """The Config (mrcnn.cli.build_config; NUM_CLASSES and CLASS_NAMES default to the
+    dataset's) and a phrase saying where it came from."""
     try:
-        config = build_config(args.config, args.weights)
+        config = build_config(args.config, args.weights,
+                              defaults={"NUM_CLASSES": dataset.num_classes,
+                                        "CLASS_NAMES": dataset.class_names})
     except WeightsError as error:
         raise WeightsError(f"{error}; or pass --config to describe the model") from None
     if args.config:
@@ -243,7 +247,8 @@ def _config(args):
         # Matterport's COCO evaluation settings (its InferenceConfig in samples/coco/coco.py);
         # its DETECTION_MIN_CONFIDENCE 0 is every evaluation's (see min_confidence).
         config.update(IMAGES_PER_GPU=1)
-        source = "Matterport's COCO evaluation settings, used for an .h5 without --config"
+        source = ("the .h5's backbone and class count with Matterport's COCO evaluation "
+                  "settings, used for an .h5 without --config")
     else:
         source = f"the config saved in {args.weights}"
     if args.precision:

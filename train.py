@@ -22,8 +22,8 @@ from mrcnn.config import Config
 from mrcnn.detector import MaskScoringRCNN
 from mrcnn.trainer import (CONFIG_FILE, DEFAULT_KEEP_LAST, DEFAULT_WORKERS, METRICS_FILE,
                            VALIDATION_FILE, ResumeMismatchError, Trainer, TrainerError)
-from mrcnn.weights import (epoch_checkpoints, export_weights, latest_resumable, load_pretrained,
-                           read_checkpoint)
+from mrcnn.weights import (epoch_checkpoints, export_weights, imagenet_weights_path,
+                           latest_resumable, load_pretrained, load_weights, read_checkpoint)
 from preprocess.splits import check_class_count, open_split
 from preprocess.training_data import flip_left_right
 
@@ -111,9 +111,11 @@ def build_parser():
                        help="JSON object with any Config fields (e.g. BACKBONE, IMAGE_MAX_DIM, "
                             "IMAGES_PER_GPU, STEPS_PER_EPOCH); NUM_CLASSES and CLASS_NAMES "
                             "default to the dataset's")
-    model.add_argument("--weights", metavar="coco|last|none|PATH",
+    model.add_argument("--weights", metavar="coco|imagenet|last|none|PATH",
                        help="weights to start from: 'coco' (the default: Matterport's COCO "
                             "model, downloaded and converted once into the cache demo.py uses), "
+                            "'imagenet' (Keras's ImageNet ResNet-50, as Matterport: the ResNet "
+                            "layers only, BACKBONE resnet50; downloaded once), "
                             "'last' (the newest checkpoint in RUN_DIR, weights only; the epoch "
                             "count goes on from it), 'none' (train from scratch), or a "
                             "Matterport .h5 / mrcnn .pth. Layers made for another class count "
@@ -269,15 +271,26 @@ def start(trainer, args, resumable, log):
         trainer.continue_from(path)
         log(f"weights: {path}; a new stage, counting on from epoch {trainer.epoch}")
         return
-    if weights == "coco":
-        # Rank 0 downloads and converts once, into the cache demo.py uses; the others wait.
-        path = coco_checkpoint(progress=True) if trainer.rank == 0 else None
-        trainer.barrier()
-        path = path or coco_checkpoint(progress=False)
-    else:
-        path = Path(weights)
+    if weights == "imagenet":
+        if trainer.config.BACKBONE != "resnet50":
+            raise CliError("--weights imagenet is Keras's ImageNet ResNet-50: set BACKBONE "
+                           f"\"resnet50\" in --config (the config has {trainer.config.BACKBONE})")
+        path = fetched_once(trainer, imagenet_weights_path)
+        log(f"weights: {path}, into the ResNet layers; the FPN, RPN and heads start fresh")
+        load_weights(trainer.model, path, backbone_only=True)
+        return
+    # Matterport's COCO weights are downloaded and converted once, into the cache demo.py uses.
+    path = fetched_once(trainer, coco_checkpoint) if weights == "coco" else Path(weights)
     log(f"weights: {path}")
     load_pretrained(trainer.model, path, log=log)
+
+
+def fetched_once(trainer, fetch):
+    """fetch(progress) -> path of a cached download: the first process fetches, the others wait
+    and then take it from the cache."""
+    path = fetch(True) if trainer.rank == 0 else None
+    trainer.barrier()
+    return path or fetch(False)
 
 
 def find_resumable(args, run_dir):

@@ -253,8 +253,14 @@ class Trainer:
     # The loop.
 
     def train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
-              augmentation=None):
-        """Trains from epoch self.epoch to `epochs` (see the module docstring)."""
+              augmentation=None, no_augmentation_sources=None, epoch_callbacks=()):
+        """Trains from epoch self.epoch to `epochs` (see the module docstring).
+
+        no_augmentation_sources: the sources (a Matterport Dataset's image_info[i]["source"])
+        whose images are not augmented. epoch_callbacks: callables (epoch, results) that the
+        first process calls after each epoch's checkpoint is written, with the epochs trained so
+        far and the epoch's losses (and APs).
+        """
         if epochs <= self.epoch:
             self.log(f"already trained to epoch {self.epoch}; nothing to do up to epoch {epochs}")
             return
@@ -285,17 +291,18 @@ class Trainer:
         logs = RunLogs(self.run_dir, self.global_step, self.log) if self.rank == 0 else None
         if logs is not None:
             self.config.to_json(self.run_dir / CONFIG_FILE)
-        batches = self._checked(self._loader(train_dataset, self.epoch, epochs - self.epoch,
-                                             augmentation))
+        batches = self._checked(self._loader(
+            train_dataset, self.epoch, epochs - self.epoch, augmentation,
+            no_augmentation_sources=no_augmentation_sources))
         try:
             for epoch in range(self.epoch, epochs):
-                self._epoch(stage, batches, epoch, epochs, val_dataset, logs)
+                self._epoch(stage, batches, epoch, epochs, val_dataset, logs, epoch_callbacks)
         finally:
             if logs is not None:
                 logs.close()
         self.log(f"trained to epoch {epochs}; checkpoints in {self.run_dir}")
 
-    def _epoch(self, stage, batches, epoch, epochs, val_dataset, logs):
+    def _epoch(self, stage, batches, epoch, epochs, val_dataset, logs, callbacks=()):
         start = time.perf_counter()
         results = {"loss": stage.train_epoch(batches, epoch, epochs, logs)}
         if val_dataset is not None:
@@ -310,6 +317,8 @@ class Trainer:
             logs.epoch(self.epoch, self.global_step, results)
             save_epoch_checkpoint(self.run_dir, self.model, self.config, stage.training_info(),
                                   stage.state(), keep_last=self.keep_last)
+            for callback in callbacks:
+                callback(self.epoch, results)
         self.barrier()
 
     def _check_datasets(self, train_dataset, val_dataset):
@@ -322,13 +331,15 @@ class Trainer:
             raise TrainerError("eval_every evaluates COCO AP on the validation dataset, which "
                                "must be a preprocess.coco.CocoDataset")
 
-    def _loader(self, dataset, epoch, epochs, augmentation, steps=None):
+    def _loader(self, dataset, epoch, epochs, augmentation, steps=None,
+                no_augmentation_sources=None):
         """Batches of `epochs` epochs from `epoch` (this process's share), in draw order."""
         image_ids = trainable_image_indices(dataset)
         if not image_ids:
             raise TrainerError(f"no image to train on in {dataset!r}: none has an instance "
                                "of a class that is not a crowd")
-        samples = TrainingSamples(dataset, self.config, augmentation, seed=self.seed)
+        samples = TrainingSamples(dataset, self.config, augmentation, seed=self.seed,
+                                  no_augmentation_sources=no_augmentation_sources)
         sampler = DrawSampler(image_ids, self.config.IMAGES_PER_GPU,
                               steps or self.steps_per_epoch, epoch, self.seed, self.rank,
                               self.world_size, epochs=epochs)

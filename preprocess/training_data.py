@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from mrcnn.cli import error_message
+from mrcnn.dataset import active_class_ids, image_source
 from mrcnn.molding import compose_image_meta, mold_image, resize_image
 from preprocess.coco import DatasetError
 from preprocess.images import IMAGE_ERRORS, check_resizable
@@ -38,7 +39,8 @@ def load_image_gt(dataset, image_id, config, augmentation=None, rng=None):
     The image is resized and padded as config says (a 'crop' position and the instances kept
     past MAX_GT_INSTANCES are drawn from `rng`, a numpy Generator), then passed with its masks
     to `augmentation` (see augment; the window in the meta is not changed, as in Matterport).
-    Instances whose mask is empty after that are dropped.
+    Instances whose mask is empty after that are dropped. The active classes are those of the
+    image's source (mrcnn.dataset.active_class_ids).
 
     Returns a dict: image [H, W, 3] uint8 (resized, not molded), image_meta [12 + NUM_CLASSES]
     float64, class_ids [N] int64 (negative for crowds), boxes [N, 4] int32 pixels (y2, x2
@@ -64,10 +66,8 @@ def load_image_gt(dataset, image_id, config, augmentation=None, rng=None):
     boxes = extract_bboxes(masks)
     if config.USE_MINI_MASK:
         masks = minimize_mask(boxes, masks, config.MINI_MASK_SHAPE)
-    # One dataset: every class of it is active.
-    active_class_ids = np.ones(config.NUM_CLASSES, dtype=np.int32)
     image_meta = compose_image_meta(image_id, original_shape, image.shape, window, scale,
-                                    active_class_ids)
+                                    active_class_ids(dataset, image_id))
     return {"image": np.ascontiguousarray(image), "image_meta": image_meta,
             "class_ids": class_ids.astype(np.int64), "boxes": boxes,
             "masks": np.ascontiguousarray(masks.transpose(2, 0, 1))}
@@ -135,21 +135,23 @@ class TrainingSamples(torch.utils.data.Dataset):
     yields them; each sample (load_image_gt) also carries its "draw".
 
     `augmentation`: None, or a callable (image, masks) -> (image, masks) applied after resizing
-    (see augment), e.g. flip_left_right. An image that cannot be processed (LOAD_ERRORS) is
-    replaced by the next image of the dataset, and so is one whose sample has no instance of a
-    class (> 0) left; the sample's "skipped" entry lists each image passed over because it could
-    not be processed, as a line naming it and saying why. When no image of the dataset gives a
-    sample, the sample is {"error": why} instead; collate passes both on, for the training loop
-    to report.
+    (see augment), e.g. flip_left_right, except to the images of the sources (Matterport
+    Dataset's image_info[i]["source"]) in `no_augmentation_sources`. An image that cannot be
+    processed (LOAD_ERRORS) is replaced by the next image of the dataset, and so is one whose
+    sample has no instance of a class (> 0) left; the sample's "skipped" entry lists each image
+    passed over because it could not be processed, as a line naming it and saying why. When no
+    image of the dataset gives a sample, the sample is {"error": why} instead; collate passes
+    both on, for the training loop to report.
     """
 
-    def __init__(self, dataset, config, augmentation=None, seed=0):
+    def __init__(self, dataset, config, augmentation=None, seed=0, no_augmentation_sources=()):
         if dataset.num_classes != config.NUM_CLASSES:
             raise ValueError(f"the dataset has {dataset.num_classes} classes (background "
                              f"included) but config.NUM_CLASSES is {config.NUM_CLASSES}")
         self.dataset = dataset
         self.config = config
         self.augmentation = augmentation
+        self.no_augmentation_sources = set(no_augmentation_sources or ())
         self.seed = seed
         self.image_ids = list(dataset.image_ids)
         self.positions = {image_id: position for position, image_id in enumerate(self.image_ids)}
@@ -165,8 +167,8 @@ class TrainingSamples(torch.utils.data.Dataset):
             image_id = self.image_ids[(position + attempt) % len(self.image_ids)]
             rng = np.random.default_rng([self.seed, draw, attempt])
             try:
-                sample = load_image_gt(self.dataset, image_id, self.config, self.augmentation,
-                                       rng)
+                sample = load_image_gt(self.dataset, image_id, self.config,
+                                       self._augmentation_of(image_id), rng)
             except LOAD_ERRORS as error:
                 skipped.append(error_message(error))
                 continue
@@ -176,6 +178,11 @@ class TrainingSamples(torch.utils.data.Dataset):
         if skipped:
             why += f" ({len(skipped)} cannot be processed; the first: {skipped[0]})"
         return {"error": why, "skipped": skipped}
+
+    def _augmentation_of(self, image_id):
+        if image_source(self.dataset, image_id) in self.no_augmentation_sources:
+            return None
+        return self.augmentation
 
 
 class DrawSampler(torch.utils.data.Sampler):

@@ -113,6 +113,19 @@ def test_write_outputs_zero_detections(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["none.json", "none.png"]
 
 
+def test_json_of_a_coco_model_carries_cocos_category_ids(tmp_path):
+    from mrcnn.config import COCO_CLASS_NAMES
+
+    result = result_of([0.9, 0.8], class_ids=[70, 1])        # oven, person
+    _, written = demo.write_outputs(np.zeros((4, 5, 3), np.uint8), result, tmp_path, "coco",
+                                    COCO_CLASS_NAMES, write_json=True)
+    entries = json.loads(written.read_text())
+    assert [(e["category_id"], e["category_name"]) for e in entries] == [(79, "oven"),
+                                                                         (1, "person")]
+    assert demo.category_ids(COCO_CLASS_NAMES)[80] == 90                # toothbrush
+    assert demo.category_ids(["BG", "balloon"]) is None
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--min-score", "1.5"], "--min-score must be in [0, 1]"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),

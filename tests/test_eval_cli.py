@@ -20,6 +20,7 @@ import eval as eval_script
 from preprocess import synthetic
 from tests.bad_inputs import write_shapes, write_tiny_model
 from tests.reference import ReferenceCase
+from tests.test_cli import shape_only_h5
 
 CASE = ReferenceCase("public_r50_256")
 REFERENCE_CONFIG = str(CASE.config_path)
@@ -82,8 +83,8 @@ def test_inputs_are_checked_before_the_model_is_built(shapes, tmp_path, capsys):
     out_dir = tmp_path / "out"
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"NUM_CLASSES": 4, "BACKBONE": "resnet50"}))
-    weights = tmp_path / "w.h5"
-    weights.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))  # signature only: never read
+    # Only the shapes that tell the backbone and class count (COCO's): never loaded.
+    weights = shape_only_h5(tmp_path / "w.h5", 81, 23)
     layout = ["--dataset", shapes, "--split", "val"]
     common = ["--weights", weights, "--config", config, "--out", out_dir]
 
@@ -268,3 +269,26 @@ def test_messy_dataset_is_clipped_skipped_and_scored(tiny_model, tmp_path, capsy
     assert summary["dataset_repairs"] == {
         "clipped": 1, "skipped": {"unreadable": 4, "degenerate": 2, "empty": 0}}
     assert summary["detections"] > 0 and 0 <= summary["segm"]["AP"] <= 1
+
+
+def test_the_class_count_and_names_default_to_the_datasets(shapes, tmp_path):
+    import argparse
+
+    from preprocess.coco import CocoDataset, coco_layout
+
+    dataset = CocoDataset(*coco_layout(shapes, "val"))
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({"BACKBONE": "resnet50"}))
+    (tmp_path / "w.pth").write_bytes(b"not read: --config describes the model")
+    args = argparse.Namespace(config=str(config_file), weights=str(tmp_path / "w.pth"),
+                              min_confidence=None)
+    config, _ = eval_script._config(args, dataset)
+    assert config.NUM_CLASSES == 4
+    assert config.class_names() == ["BG", "circle", "square", "triangle"]
+    # An .h5 without --config: the file's backbone and class count, the dataset's names.
+    args = argparse.Namespace(config=None, weights=str(shape_only_h5(tmp_path / "w.h5", 4, 6)),
+                              min_confidence=None)
+    config, source = eval_script._config(args, dataset)
+    assert (config.BACKBONE, config.NUM_CLASSES) == ("resnet50", 4)
+    assert config.class_names() == ["BG", "circle", "square", "triangle"]
+    assert config.IMAGES_PER_GPU == 1

@@ -630,3 +630,19 @@ def test_an_unreadable_training_image_is_reported_once_and_replaced(shapes, tmp_
                                  "warnings above); training went on with the others")
     assert len(read_metrics(tmp_path / "run")) == 3
     assert (tmp_path / "run" / "epoch_0001.pth").exists()
+
+
+def test_imagenet_weights_start_the_resnet(shapes, tmp_path, monkeypatch, imagenet_h5, capsys):
+    path, donor_backbone = imagenet_h5
+    monkeypatch.setattr(train, "imagenet_weights_path", lambda progress: path)
+    run_train(*train_args(shapes, tmp_path / "run", "--epochs", "1", "--steps-per-epoch", "1",
+                          weights="imagenet"))
+    trained = torch.load(tmp_path / "run" / "epoch_0001.pth", weights_only=True)["state_dict"]
+    for key, value in donor_backbone.items():       # "heads" leaves the ResNet as loaded
+        assert torch.equal(trained[f"backbone.{key}"], value), key
+
+    deeper = tmp_path / "r101.json"
+    deeper.write_text(json.dumps(dict(TINY, BACKBONE="resnet101")))
+    assert train.main(train_args(shapes, tmp_path / "deeper", "--epochs", "1", "--config",
+                                 str(deeper), weights="imagenet")) == 1
+    assert "set BACKBONE \"resnet50\"" in capsys.readouterr().err

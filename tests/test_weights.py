@@ -255,7 +255,7 @@ def test_coco_weights_download_asks_for_the_release_file(cache, monkeypatch):
 
     monkeypatch.setattr(weights, "download", download)
     assert weights.coco_weights_path(progress=False) == cache / "mask_rcnn_coco.h5"
-    url, dest, size, sha256, progress, _ = calls[0]
+    url, dest, size, sha256, progress, *_ = calls[0]
     assert url == "https://github.com/matterport/Mask_RCNN/releases/download/v2.0/mask_rcnn_coco.h5"
     assert (dest, size, len(sha256), progress) == (cache / "mask_rcnn_coco.h5", 257_557_808, 64,
                                                    False)
