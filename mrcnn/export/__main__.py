@@ -5,23 +5,25 @@ import time
 
 from mrcnn.cli import (CONFIG_HELP, WEIGHTS_HELP, CliError, build_config, load_model,
                        reports_errors, resolve_device)
-from mrcnn.export.exporter import (FORMATS, INPUT_NAMES, OUTPUT_NAMES, export_model, format_of,
-                                   molded_image_hw, require_onnx_exporter)
+from mrcnn.export.exporter import (FORMATS, export_model, format_of, molded_image_hw,
+                                   require_onnx_exporter)
 
-DESCRIPTION = f"""\
-Exports Mask Scoring R-CNN as one graph, a drop-in for Matterport's Keras inference graph:
-inputs {', '.join(INPUT_NAMES)} (molded NHWC images, image metas and
-normalised anchors, as mold_inputs and the anchors make them), outputs {', '.join(OUTPUT_NAMES)}
-(detections [B, DETECTION_MAX_INSTANCES, 6] normalised and zero-padded, the 28x28 masks of
-every class, and the MaskIoU head's output). Backbone, RPN, proposals, RoI pooling, heads, the
-detection layer and the MaskIoU head are all inside; molding and pasting the masks stay outside
-(mrcnn.export.ExportedModel(OUT).detect(images) does both, as detect() does).
+DESCRIPTION = """\
+Exports Mask Scoring R-CNN as one graph, a drop-in for Matterport's Keras inference graph.
+Inputs: input_image [B, H, W, 3] (molded images, NHWC, as mold_inputs makes them),
+input_image_meta [B, 12 + NUM_CLASSES], input_anchors [B, A, 4] (normalised). Outputs:
+detections [B, DETECTION_MAX_INSTANCES, 6] (y1, x1, y2, x2 normalised, class id, score;
+zero-padded), mrcnn_mask [B, DETECTION_MAX_INSTANCES, 28, 28, NUM_CLASSES] and mask_iou
+[B, DETECTION_MAX_INSTANCES, NUM_CLASSES] (the MaskIoU head's output). Backbone, RPN, proposals,
+RoI pooling, heads, the detection layer and the MaskIoU head are all inside; molding the images
+and pasting the masks stay outside: mrcnn.export.ExportedModel(OUT).detect(images) does both, as
+detect() does. The file carries the model's config.
 
 onnx: standard ONNX operators only (NonMaxSuppression, TopK, Gather...); runs in onnxruntime.
 pt2: torch.export compiled by AOTInductor; loads with torch._inductor.aoti_load_package once
 the mrcnn._C operator library is loaded (import mrcnn.ops, or torch.ops.load_library).
 
-The input shapes are fixed: --batch images of the molded size. Tracing takes about a minute;
+The input shapes are fixed: --batch images of the molded size. Tracing takes a minute or two;
 AOTInductor compiles C++ for a few minutes on a CPU."""
 
 EPILOG = """\
