@@ -12,9 +12,9 @@ import numpy as np
 from tqdm import tqdm
 
 from mrcnn.atomic import atomic_write
-from mrcnn.cli import (CliError, add_model_arguments, build_config, drawable, error_message,
-                       load_model, reports_errors, resolve_device)
-from preprocess.images import ImageLoadError, load_image
+from mrcnn.cli import (CliError, add_max_pixels_argument, add_model_arguments, build_config,
+                       drawable, error_message, load_model, reports_errors, resolve_device)
+from preprocess.images import IMAGE_ERRORS, check_resizable, load_image
 from postprocess.visualize import draw_instances, result_to_coco_json, write_png
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
@@ -34,7 +34,12 @@ Inputs are image files, folders (their images, sorted, not recursive) and glob p
 (quote them, e.g. 'photos/**/*.jpg'); with none, the sample images shipped in samples/.
 Output files are named after the inputs (photo.jpg -> photo.png, photo.json); inputs sharing a
 name get -2, -3, ... in input order. One line per image says what was found and how long it
-took. Images that cannot be read are reported and skipped; the exit status is then 1."""
+took.
+
+An image that cannot be processed is reported, skipped, and the others go on; the exit status is
+then 1. That is an unreadable or truncated file, one of more than --max-pixels pixels (told from
+its header before decoding, against decompression bombs), or one the resize mode would scale to
+nothing (such as 2x100000 pixels)."""
 
 EPILOG = """\
 examples:
@@ -50,6 +55,7 @@ def build_parser():
     parser.add_argument("images", nargs="*", metavar="IMAGES",
                         help="image files, folders or glob patterns (default: samples/)")
     add_model_arguments(parser)
+    add_max_pixels_argument(parser)
     parser.add_argument("--out", default="out", metavar="DIR",
                         help="folder for the annotated images and JSON files, created if needed "
                              "(default: out)")
@@ -201,8 +207,10 @@ def main(argv=None):
             loaded = []
             for index in range(start, min(start + args.batch_size, len(paths))):
                 try:
-                    loaded.append((index, load_image(paths[index])))
-                except (ImageLoadError, OSError) as error:
+                    image = load_image(paths[index], max_pixels=args.max_pixels)
+                    check_resizable(image.shape, config, paths[index])
+                    loaded.append((index, image))
+                except IMAGE_ERRORS as error:
                     failed += 1
                     bar.write(f"error: skipped {error_message(error)}", file=sys.stderr)
                     bar.update()
@@ -224,7 +232,7 @@ def main(argv=None):
                           f"-> {', '.join(map(str, written))}", file=sys.stdout)
                 bar.update()
     if failed:
-        print(f"error: {failed} input(s) failed (see above); the other images were written",
+        print(f"error: skipped {failed} input(s) (see above); the other images were written",
               file=sys.stderr)
         return 1
     return 0

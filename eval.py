@@ -5,10 +5,11 @@ import sys
 
 import torch.distributed as dist
 
-from mrcnn.cli import CliError, build_config, join_processes, load_model
+from mrcnn.cli import (CliError, add_dataset_check_arguments, build_config, dataset_options,
+                       error_message, join_processes, load_model)
 from mrcnn.weights import WeightsError, is_hdf5
 from postprocess import coco_eval
-from preprocess.coco import CocoDataset, DatasetError, coco_layout
+from preprocess.coco import DatasetError, coco_layout, open_dataset
 
 DESCRIPTION = """\
 Runs Mask Scoring R-CNN over the images of a COCO-format dataset, writes the detections as COCO
@@ -37,14 +38,25 @@ R-CNN's mask score, class score x the predicted IoU of the mask (--mask-score ma
 class score alone (--mask-score cls, plain Mask R-CNN, for comparison). Matterport's .h5 files
 have no trained MaskIoU head: evaluate them with --mask-score cls.
 
-Everything is checked before the model runs: the files exist, the annotation file is COCO, every
-image to evaluate is on disk, NUM_CLASSES fits and the weights load.
+Everything is checked before the model runs: the files exist, the annotation file is COCO (every
+field, for type, range and finiteness), every image to evaluate is on disk, NUM_CLASSES fits and
+the weights load. Bad inputs:
+  - an annotation file that cannot be read as COCO (not JSON, missing keys, ids that are not
+    integers, unknown images or categories, names that are not strings, image paths leading
+    out of the image folder without --allow-external-images): an error naming the entry;
+  - boxes and polygons past their image are clipped to it; annotations that are unreadable,
+    degenerate (polygons of fewer than 3 points) or empty are skipped; one warning counts them
+    (train.py reports the same counts for the same file); --strict refuses them instead;
+  - an image that cannot be processed (unreadable, more than --max-pixels, another size than the
+    annotation file gives, too thin for the resize mode) is reported and skipped, the others are
+    scored without it, summary.json lists it, and the exit status is 1.
 
 Written to --out (each file atomically):
   bbox_results.json, segm_results.json  COCO results (lists of dicts as COCO.loadRes reads them;
                                         segmentations as compressed RLE)
   summary.json                          the 12 numbers per type (AP, AP50, AP75, APs, APm, APl,
-                                        AR1, AR10, AR100, ARs, ARm, ARl), image count, seconds per
+                                        AR1, AR10, AR100, ARs, ARm, ARl), image count, skipped
+                                        images, clipped and skipped annotations, seconds per
                                         image, mask-score mode, weights and settings
 
 Several processes (e.g. one per GPU): torchrun --nproc_per_node N eval.py ... Each process takes
@@ -71,6 +83,7 @@ def build_parser():
                       help="split of --dataset: val2017, minival2014, val, ...")
     data.add_argument("--annotations", metavar="A.json", help="COCO instances annotation file")
     data.add_argument("--images", metavar="DIR", help="directory of the images of --annotations")
+    add_dataset_check_arguments(data)
 
     model = parser.add_argument_group("model")
     model.add_argument("--weights", required=True, metavar="FILE",
@@ -114,20 +127,25 @@ def main(argv=None):
         except (OSError, ValueError, KeyError, CliError) as error:
             # OSError: missing or unreadable files; ValueError: DatasetError, WeightsError and
             # bad settings; KeyError: unknown Config fields; CliError: the ops are not built.
-            parser.exit(2, f"{parser.prog}: error: {_message(error)}\n")
+            parser.exit(2, f"{parser.prog}: error: {error_message(error)}\n")
         try:
             summary = coco_eval.evaluate(
                 model, dataset, limit=args.limit, batch_size=args.batch_size,
                 mask_score=args.mask_score, out_dir=args.out, progress=not args.quiet,
                 summary_fields=settings)
-        except DatasetError as error:  # an image that turns out unreadable
-            parser.exit(1, f"{parser.prog}: error: {error}\n")
+        except (DatasetError, OSError) as error:  # no image could be read; --out not writable
+            parser.exit(1, f"{parser.prog}: error: {error_message(error)}\n")
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
     if rank == 0:
         print(f"{summary['image_count']} images, {summary['seconds_per_image']:.3f} s/image; "
               f"results and summary in {os.path.abspath(args.out)}")
+    skipped = len(summary["skipped_images"])
+    if skipped:
+        parser.exit(1, f"{parser.prog}: error: skipped {skipped} of the "
+                       f"{skipped + summary['image_count']} images (see above and summary.json); "
+                       "the scores are those of the others\n")
     return summary
 
 
@@ -163,7 +181,8 @@ def prepare(args, device, verbose=True):
         annotation_json, image_dir = coco_layout(args.dataset, args.split)
     else:
         annotation_json, image_dir = args.annotations, args.images
-    dataset = CocoDataset(annotation_json, image_dir)
+    say = print_warning if verbose else (lambda _: None)
+    dataset = open_dataset(annotation_json, image_dir, say, **dataset_options(args))
     coco_eval.check_images(dataset, coco_eval.select_images(dataset, args.limit))
 
     config, config_source = _config(args)
@@ -188,6 +207,10 @@ def prepare(args, device, verbose=True):
                 "device": str(device), "batch_size": args.batch_size or config.BATCH_SIZE,
                 "min_confidence": config.DETECTION_MIN_CONFIDENCE}
     return dataset, model, settings
+
+
+def print_warning(line):
+    print(f"warning: {line}", file=sys.stderr)
 
 
 def _config(args):
@@ -229,11 +252,6 @@ def _warn_about_class_names(config, dataset):
                           for index, ours, theirs in differing[:3])
         print(f"warning: {len(differing)} class names of the config differ from the dataset's "
               f"categories ({shown}); is the model trained on these labels?", file=sys.stderr)
-
-
-def _message(error):
-    # A KeyError's str() is the repr of its message.
-    return error.args[0] if isinstance(error, KeyError) and error.args else str(error)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,15 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from mrcnn.atomic import atomic_write
-from mrcnn.cli import (CliError, coco_checkpoint, error_message, join_processes, reports_errors,
-                       resolve_device)
+from mrcnn.cli import (CliError, add_dataset_check_arguments, coco_checkpoint, dataset_options,
+                       error_message, join_processes, reports_errors, resolve_device)
 from mrcnn.config import Config
 from mrcnn.detector import MaskScoringRCNN
 from mrcnn.training import (LOSS_NAMES, TrainingModel, set_batch_norm_modes, set_trainable,
                             total_loss)
 from mrcnn.weights import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_pretrained
 from postprocess import coco_eval
-from preprocess.coco import CocoDataset, coco_layout
+from preprocess.coco import coco_layout, open_dataset
 from preprocess.training_data import DrawSampler, TrainingSamples, collate, trainable_image_indices
 
 DESCRIPTION = """\
@@ -37,6 +37,14 @@ training semantics: RPN and detection targets, losses weighted by LOSS_WEIGHTS (
 MASKIOU_LOSS_WEIGHT), L2 weight decay added to the loss, SGD with momentum, gradient clipping at
 GRADIENT_CLIP_NORM, BatchNorm frozen unless TRAIN_BN. Training images are flipped left-right at
 random.
+
+Bad data (the same rules as eval.py): an annotation file that cannot be read as COCO is an error
+naming the entry; boxes and polygons past their image are clipped, unreadable, degenerate and
+empty annotations skipped, with one warning per file that counts them (eval.py reports the same
+counts), or refused with --strict. An image that cannot be processed (unreadable, more than
+--max-pixels, another size than the annotation file gives, too thin for the resize mode) is
+reported once and replaced by the next image of the dataset; training goes on and the exit
+status is then 1.
 
 RUN_DIR receives:
   epoch_NNNN.pth   a checkpoint per epoch, written atomically; --resume continues from the newest,
@@ -91,6 +99,7 @@ def build_parser():
                            "%(default)s; 0 loads in the training process)")
     data.add_argument("--no-augment", action="store_true",
                       help="do not flip training images left-right at random")
+    add_dataset_check_arguments(data)
 
     model = parser.add_argument_group("model")
     model.add_argument("--config", metavar="C.json",
@@ -260,11 +269,16 @@ def build_config(config_path, dataset, name):
         raise CliError(f"--config {config_path}: {error.args[0]}") from None
 
 
-def open_split(dataset_dir, split):
+def open_split(dataset_dir, split, options, say):
+    """The CocoDataset of a split (its repairs said through `say`); CliError when it is broken."""
     try:
-        return CocoDataset(*coco_layout(dataset_dir, split))
+        return open_dataset(*coco_layout(dataset_dir, split), say, **options)
     except (OSError, ValueError) as error:
         raise CliError(error_message(error)) from None
+
+
+def print_warning(line):
+    tqdm.write(f"warning: {line}", file=sys.stderr)
 
 
 class Trainer:
@@ -276,9 +290,11 @@ class Trainer:
         self.device = processes.device
         self.run_dir = Path(args.out)
         self.log = print if processes.main else (lambda *_: None)
-        self.train_data = open_split(args.dataset, args.train_split)
-        self.val_data = None if args.val_split == "none" else open_split(args.dataset,
-                                                                          args.val_split)
+        say = print_warning if processes.main else (lambda _: None)
+        self.train_data = open_split(args.dataset, args.train_split, dataset_options(args), say)
+        self.val_data = None if args.val_split == "none" else open_split(
+            args.dataset, args.val_split, dataset_options(args), say)
+        self.skipped = set()  # the images that could not be processed, as lines naming them
         resumed = self.read_resume_checkpoint() if args.resume else None
         if resumed is None:
             self.config = build_config(args.config, self.train_data,
@@ -426,6 +442,19 @@ class Trainer:
             num_workers=self.args.workers, pin_memory=self.device.type == "cuda",
             collate_fn=functools.partial(collate, mean_pixel=self.config.MEAN_PIXEL))
 
+    def checked(self, loader):
+        """The batches of a loader, once the images they had to skip are reported (each image
+        once; the next image of the dataset took its place). A batch that says no image can be
+        processed stops the run."""
+        for batch in loader:
+            if "error" in batch:
+                raise CliError(batch["error"])
+            for line in batch.pop("skipped"):
+                if line not in self.skipped:
+                    self.skipped.add(line)
+                    print_warning(f"skipped {line} (the next image takes its place)")
+            yield batch
+
     def losses(self, batch, generator):
         """(losses by name, the total loss, and both as one tensor averaged over processes)."""
         batch = {name: value.to(self.device, non_blocking=True) for name, value in batch.items()}
@@ -442,7 +471,8 @@ class Trainer:
         set_batch_norm_modes(self.training_model)
         loader = self.loader(self.train_data, self.train_indices, epoch, self.steps_per_epoch,
                              augment=not self.args.no_augment)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.args.epochs}", unit="step",
+        bar = tqdm(self.checked(loader), total=len(loader), unit="step",
+                   desc=f"epoch {epoch + 1}/{self.args.epochs}",
                    disable=self.args.quiet or not self.processes.main, dynamic_ncols=True)
         start = time.perf_counter()
         for batch in bar:
@@ -475,7 +505,8 @@ class Trainer:
         loader = self.loader(self.val_data, trainable_image_indices(self.val_data), 0,
                              self.validation_steps, augment=False)
         total = 0.0
-        for step, batch in enumerate(tqdm(loader, desc="validation", unit="step", leave=False,
+        for step, batch in enumerate(tqdm(self.checked(loader), total=len(loader),
+                                          desc="validation", unit="step", leave=False,
                                           disable=self.args.quiet or not self.processes.main)):
             total = total + self.losses(batch, step_generator(self.device, self.args.seed, step,
                                                               stream=1))[1]
@@ -489,6 +520,7 @@ class Trainer:
             self.model, self.val_data, limit=self.args.eval_limit,
             batch_size=self.config.IMAGES_PER_GPU, mask_score="maskiou",
             progress=not self.args.quiet, print_tables=False)
+        self.skipped.update(image["reason"] for image in summary["skipped_images"])
         results = {"box_ap": summary["bbox"]["AP"], "mask_ap": summary["segm"]["AP"]}
         self.log(f"epoch {epoch + 1}: box AP {results['box_ap']:.4f}, mask AP "
                  f"{results['mask_ap']:.4f} on {summary['image_count']} images")
@@ -604,9 +636,14 @@ def main(argv=None):
         raise CliError("--amp needs CUDA (--device cuda)")
     processes = Distributed(args.device)
     try:
-        Trainer(args, processes).train()
+        trainer = Trainer(args, processes)
+        trainer.train()
     finally:
         processes.close()
+    if trainer.skipped:
+        print(f"error: skipped {len(trainer.skipped)} image(s) that could not be processed (see "
+              "the warnings above); training went on with the others", file=sys.stderr)
+        return 1
     return 0
 
 

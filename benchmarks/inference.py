@@ -1,9 +1,9 @@
 """Time per image of MaskScoringRCNN.detect(), with a breakdown by stage and the peak memory.
 
 Each (backbone, size) runs in its own process so that its peak memory is its own. By default
-the model carries the deterministic synthetic weights of ../shared/reference (81 classes), which
-give realistic detection counts; pass --weights for a real .h5/.pth. The image is the reference
-astronaut photo resized to SIZE x SIZE, written once as a PNG that every run reads.
+the model carries deterministic synthetic weights (convert_weights.synthetic, 81 classes, seed
+1), which give realistic detection counts; pass --weights for a real .h5/.pth. The image is the
+reference astronaut photo resized to SIZE x SIZE, written once as a PNG that every run reads.
 
 With --matterport and a TensorFlow interpreter (--tensorflow-python, or $MRCNN_TF_PYTHON), each
 row also times Matterport's Keras/TensorFlow detect() on the same image and weights
@@ -37,28 +37,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import markdown_table, record, synchronize  # noqa: E402
-from benchmarks.matterport_tf import image_sha256, timed_runs  # noqa: E402
+from benchmarks.matterport_tf import REFERENCE_IMAGE, image_sha256, timed_runs  # noqa: E402
+from convert_weights.synthetic import write_synthetic_weights  # noqa: E402
 from mrcnn.atomic import atomic_write  # noqa: E402
 
-REFERENCE = ROOT.parent / "shared" / "reference"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mrcnn" / "bench"
 STAGES = ["molding", "backbone+fpn", "rpn+proposals", "box head", "detection",
           "mask+maskiou heads", "unmolding"]
 
 
 def synthetic_weights(backbone):
-    """The shared deterministic weights for `backbone` with 81 classes, generated once."""
-    script = REFERENCE / "make_reference_weights.py"
-    if not script.exists():
-        sys.exit(f"error: {script} not found; pass --weights PATH (a Matterport .h5 or a .pth)")
-    CACHE.mkdir(parents=True, exist_ok=True)
+    """Deterministic synthetic weights for `backbone` with 81 classes (seed 1), generated once."""
     path = CACHE / f"synthetic_{backbone}_nc81_seed1.h5"
     if not path.exists():
-        fd, partial = tempfile.mkstemp(dir=CACHE, suffix=".h5")
-        os.close(fd)
-        subprocess.run([sys.executable, str(script), f"manifests/mrcnn_{backbone}_nc81.json", "1",
-                        partial], cwd=REFERENCE, check=True, stdout=subprocess.DEVNULL)
-        os.replace(partial, path)
+        write_synthetic_weights(f"mrcnn_{backbone}_nc81", 1, path, progress=True)
     return path
 
 
@@ -69,9 +61,9 @@ def test_image_file(size):
     import cv2
     path = CACHE / f"astronaut_{size}.png"
     if not path.exists():
-        image = cv2.imread(str(REFERENCE / "public_r50_256" / "input_0_astronaut.png"))
+        image = cv2.imread(str(REFERENCE_IMAGE))
         if image is None:
-            sys.exit("error: the reference image in ../shared/reference/public_r50_256 is missing")
+            sys.exit(f"error: the reference image {REFERENCE_IMAGE} is missing or unreadable")
         resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
         with atomic_write(path) as f:
             f.write(cv2.imencode(".png", resized)[1].tobytes())
@@ -85,9 +77,8 @@ def measure(backbone, size, device, weights, image_path):
     import torch
 
     from mrcnn.config import CocoConfig
-    from mrcnn.detector import MaskScoringRCNN, unmold_results
+    from mrcnn.detector import MaskScoringRCNN
     from preprocess.images import load_image
-    from mrcnn.molding import mold_inputs
 
     config = CocoConfig(BACKBONE=backbone, IMAGES_PER_GPU=1, IMAGE_MIN_DIM=size,
                         IMAGE_MAX_DIM=size)
@@ -105,12 +96,7 @@ def measure(backbone, size, device, weights, image_path):
         times[name].append(time.perf_counter() - start)
 
     def detect():
-        with timer("molding"):
-            molded, metas, windows = mold_inputs([image], config, device=model.device)
-        outputs = model.infer(molded, metas, timer=timer)
-        with timer("unmolding"):
-            (result,) = unmold_results([image], outputs, tuple(molded.shape[-2:]), windows)
-        return result
+        return model.run_batch([image], timer=timer).results[0]
 
     with torch.inference_mode():
         _, totals, result = timed_runs(detect, serve=True, repeat=None)

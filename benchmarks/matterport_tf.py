@@ -8,7 +8,7 @@ Run it with a TensorFlow 2 interpreter that has tf_keras, h5py and scikit-image 
 This file holds none of Matterport's code. --matterport points at the user's copy of Matterport's
 `mrcnn` package (commit 3deaec5, March 2019, written for TF 1.x and Keras 2.2). Its model.py,
 utils.py and config.py are copied to a temporary directory and COMPAT_EDITS below are applied to
-the copy: the compatibility edits of ../shared/reference/README.md, which leave the graph and its
+the copy: the compatibility edits of tests/data/reference/README.md, which leave the graph and its
 arithmetic unchanged. An edit that does not find exactly the text it expects stops the run, so a
 different Matterport version is reported instead of silently benchmarked.
 
@@ -36,7 +36,7 @@ import types
 from collections import namedtuple
 from pathlib import Path
 
-REFERENCE_IMAGE = (Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE_IMAGE = (Path(__file__).resolve().parents[1] / "tests" / "data" / "reference"
                    / "public_r50_256" / "input_0_astronaut.png")
 MATTERPORT_FILES = ("__init__.py", "config.py", "model.py", "utils.py")
 

@@ -3,12 +3,17 @@ import argparse
 import sys
 
 from convert_weights.reader import convert_file
+from mrcnn.cli import error_message
 from mrcnn.config import BACKBONES
 from mrcnn.weights import WeightsError
 
 DESCRIPTION = """\
 Converts a Matterport Mask R-CNN Keras weights file (.h5, e.g. mask_rcnn_coco.h5) into an mrcnn
 checkpoint (.pth) that MaskScoringRCNN.load_weights reads, together with the model's config.
+
+NaN or infinite weights are an error naming the weight (--allow-nonfinite converts them), and so
+is a file that links to other files (external links or datasets). Every file error is one line
+naming the file.
 
 The model is built from --config, or from Matterport's default Config with --backbone and
 --num-classes; what is not given is read from the file (the number of res4 blocks tells the
@@ -39,16 +44,19 @@ def build_parser():
     parser.add_argument("--num-classes", type=int, metavar="N",
                         help="overrides NUM_CLASSES, background included, e.g. 81 for COCO "
                              "(default: the config's, else read from the file)")
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="convert weights that hold NaN or infinite values (by default an "
+                             "error naming the first such weight)")
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        print(convert_file(args.input, args.output, args.config, args.backbone, args.num_classes))
-    except (WeightsError, FileNotFoundError, KeyError, ValueError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"error: {message}", file=sys.stderr)
+        print(convert_file(args.input, args.output, args.config, args.backbone, args.num_classes,
+                           allow_nonfinite=args.allow_nonfinite))
+    except (WeightsError, OSError, KeyError, ValueError) as error:
+        print(f"error: {error_message(error)}", file=sys.stderr)
         return 1
     return 0
 

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from mrcnn.weights import WeightsError, is_hdf5
+from mrcnn.weights import WeightsError, check_finite, is_hdf5
 
 DEDUP_SUFFIX = re.compile(r"_\d+$")
 VARIABLE_INDEX = re.compile(r":\d+$")
@@ -34,29 +34,45 @@ def strip_dedup_suffix(name, known):
     return name
 
 
-def read_keras_weights(path, progress=False, arrays=True):
+def read_keras_weights(path, progress=False, arrays=True, allow_nonfinite=False):
     """All weights of a Keras 2 HDF5 weights file.
 
     Returns {layer name: {param name: array}}, e.g. weights["rpn_conv_shared"]["kernel"] of shape
     (3, 3, 256, 512), with arrays in the file's layout and dtype. Layers without weights are
     left out. `progress` shows a progress bar over the layers. With `arrays=False` the values
-    are the datasets' shapes, and no weight is read.
+    are the datasets' shapes, and no weight is read. A weight holding NaN or infinite values is
+    an error naming its layer, unless `allow_nonfinite`.
 
-    Raises FileNotFoundError for a missing file and WeightsError for a file that is not HDF5,
-    is truncated or corrupt, or is not a Keras weights file.
+    Raises FileNotFoundError for a missing file and WeightsError naming the file for one that is
+    not HDF5, is truncated or corrupt, is not a Keras weights file, holds non-finite weights, or
+    reaches outside itself (external links, external or virtual datasets, which would read
+    other files).
     """
     with _open_hdf5(path) as root:
-        group = _weights_group(root, path)
-        weights = {}
-        layer_names = _string_list_attr(group, "layer_names")
-        for layer_name in tqdm(layer_names, desc="reading weights", unit="layer",
-                               disable=not progress):
-            for layer, param, dataset in _layer_datasets(group, layer_name, path):
-                params = weights.setdefault(layer, {})
-                if param in params:
-                    raise WeightsError(f"{path}: weight {layer}/{param} appears twice (last in "
-                                       f"layer group {layer_name!r}); the file is ambiguous")
-                params[param] = _read_dataset(dataset, path) if arrays else dataset.shape
+        try:
+            _check_self_contained(root, path)
+            group = _weights_group(root, path)
+            weights = {}
+            layer_names = _string_list_attr(group, "layer_names")
+            for layer_name in tqdm(layer_names, desc="reading weights", unit="layer",
+                                   disable=not progress):
+                for layer, param, dataset in _layer_datasets(group, layer_name, path):
+                    params = weights.setdefault(layer, {})
+                    if param in params:
+                        raise WeightsError(f"{path}: weight {layer}/{param} appears twice (last "
+                                           f"in layer group {layer_name!r}); the file is "
+                                           "ambiguous")
+                    params[param] = (_read_dataset(dataset, path, f"{layer}/{param}",
+                                                   allow_nonfinite) if arrays else dataset.shape)
+        except WeightsError:
+            raise
+        except (OSError, KeyError, RuntimeError, TypeError, ValueError, SystemError) as error:
+            # h5py's errors for damaged structures: missing objects, unreadable metadata, types
+            # numpy has no dtype for, names that are not UTF-8 (a SystemError when met while
+            # visiting the file's links).
+            raise WeightsError(f"{path}: the HDF5 file cannot be read as Keras weights; it is "
+                               f"probably damaged. HDF5 says: {error.__cause__ or error}") \
+                from None
     return weights
 
 
@@ -71,6 +87,21 @@ def _open_hdf5(path):
     except OSError as error:
         raise WeightsError(f"{path}: the HDF5 file cannot be opened; it is probably truncated "
                            f"or corrupt (download it again). HDF5 says: {error}") from None
+
+
+def _check_self_contained(root, path):
+    """Refuses links to other files, and datasets stored in other files (external or virtual):
+    reading them would read whatever those paths hold on this machine."""
+    external = []
+    root.visititems_links(lambda name, link: external.append(
+        f"{name} -> {link.filename}:{link.path}") if isinstance(link, h5py.ExternalLink)
+        else None)
+    root.visititems(lambda name, node: external.append(f"{name} (data in other files)")
+                    if isinstance(node, h5py.Dataset) and (node.external or node.is_virtual)
+                    else None)
+    if external:
+        raise WeightsError(f"{path} reaches outside itself ({', '.join(external[:3])}); weights "
+                           "must be stored in the file")
 
 
 def _weights_group(root, path):
@@ -119,7 +150,7 @@ def _layer_datasets(group, layer_name, path):
         yield sublayer, VARIABLE_INDEX.sub("", variable), dataset
 
 
-def _read_dataset(dataset, path):
+def _read_dataset(dataset, path, weight, allow_nonfinite):
     try:
         array = dataset[()]
     except OSError as error:
@@ -128,4 +159,7 @@ def _read_dataset(dataset, path):
     if not np.issubdtype(array.dtype, np.floating):
         raise WeightsError(f"{path}: dataset {dataset.name} holds {array.dtype}, not "
                            "floating-point weights")
+    array = array.astype(array.dtype.newbyteorder("="), copy=False)  # torch takes native only
+    if not allow_nonfinite:
+        check_finite(array, f"{path}: weight {weight} (dataset {dataset.name})")
     return array

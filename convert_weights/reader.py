@@ -3,6 +3,7 @@
 Registered as the `keras_h5` entry point of the group `mrcnn.weight_readers` (see pyproject.toml),
 so that the model's core loads .h5 files without importing this package.
 """
+import errno
 import os
 
 from torch import nn
@@ -14,13 +15,13 @@ from mrcnn.detector import MaskScoringRCNN
 from mrcnn.weights import MASKIOU_PREFIX, WeightsError, save_weights
 
 
-def load(model, path, progress=False):
+def load(model, path, progress=False, allow_nonfinite=False):
     """Fills every Keras layer of `model` from the .h5 at `path`; returns the converted state
     dict, keyed "<Keras layer>.<torch param>". The MaskIoU head is left as it is.
 
-    Raises WeightsError naming the file when the weights do not fit; the model is then
-    untouched."""
-    keras_weights = read_keras_weights(path, progress=progress)
+    Raises WeightsError naming the file when the weights do not fit or hold NaN or infinite
+    values (unless allow_nonfinite); the model is then untouched."""
+    keras_weights = read_keras_weights(path, progress=progress, allow_nonfinite=allow_nonfinite)
     try:
         return load_keras_weights(model, keras_weights)
     except WeightsError as error:
@@ -41,22 +42,35 @@ def load_keras_weights(model, keras_weights):
     return state
 
 
-def convert_file(input_path, output_path, config_path=None, backbone=None, num_classes=None):
+def convert_file(input_path, output_path, config_path=None, backbone=None, num_classes=None,
+                 allow_nonfinite=False):
     """Converts IN.h5 into the mrcnn checkpoint OUT.pth for the model the options describe
-    (fields not given are read from the file); returns a summary line."""
+    (fields not given are read from the file); returns a summary line.
+
+    Raises FileNotFoundError, WeightsError (the file cannot be read, holds NaN or infinite
+    weights unless allow_nonfinite, or does not fit the model) or OSError naming the file
+    that cannot be read or written."""
     output_dir = os.path.dirname(os.path.abspath(output_path))
     if not os.path.isdir(output_dir):
         raise FileNotFoundError(f"the output directory does not exist: {output_dir}")
+    if os.path.isdir(output_path):
+        raise IsADirectoryError(errno.EISDIR, "OUT.pth is a directory; give a file name",
+                                output_path)
     if os.path.abspath(output_path) == os.path.abspath(input_path):
         raise ValueError("OUT.pth must differ from IN.h5")
-    keras_weights = read_keras_weights(input_path, progress=True)
-    config = _config(keras_weights, config_path, backbone, num_classes)
+    keras_weights = read_keras_weights(input_path, progress=True,
+                                       allow_nonfinite=allow_nonfinite)
+    config = _config(keras_weights, config_path, backbone, num_classes, input_path)
     model = MaskScoringRCNN(config)
     try:
         state = load_keras_weights(model, keras_weights)
     except WeightsError as error:
         raise WeightsError(f"{input_path}: {error}") from None
-    save_weights(model, config, output_path)
+    try:
+        save_weights(model, config, output_path)
+    except OSError as error:  # a full disk, no permission: the error may name a temporary file
+        raise OSError(error.errno, f"cannot write the checkpoint ({error.strerror or error})",
+                      output_path) from None
     maskiou = sum(p.numel() for name, p in model.named_parameters()
                   if name.startswith(MASKIOU_PREFIX))
     return (f"{input_path} -> {output_path}: {len(model.keras_layers())} layers, "
@@ -65,7 +79,7 @@ def convert_file(input_path, output_path, config_path=None, backbone=None, num_c
             "its initialisation")
 
 
-def _config(keras_weights, config_path, backbone, num_classes):
+def _config(keras_weights, config_path, backbone, num_classes, path):
     """The Config from --config and the overrides; fields not given come from the file."""
     overrides = {field: value for field, value in (("BACKBONE", backbone),
                                                    ("NUM_CLASSES", num_classes))
@@ -77,7 +91,7 @@ def _config(keras_weights, config_path, backbone, num_classes):
         if field in overrides:
             continue
         if from_file[field] is None:
-            raise WeightsError(f"cannot tell {field} from the file; pass {option} or --config")
+            raise WeightsError(f"cannot tell {field} from {path}; pass {option} or --config")
         overrides[field] = from_file[field]
     return Config(**overrides)
 

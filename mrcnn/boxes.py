@@ -54,8 +54,19 @@ def denorm_boxes(boxes, image_hw, compute_dtype=torch.float32):
 
     boxes: a tensor or a numpy array (the result is of the same kind)."""
     tensor = _as_tensor(boxes)
+    return _like(boxes, torch.round(pixel_boxes(tensor, image_hw, compute_dtype)).to(torch.int32))
+
+
+def pixel_boxes(boxes, image_hw, compute_dtype=torch.float32):
+    """Normalised boxes[..., 4] -> unrounded pixel boxes in `compute_dtype` (y2, x2 exclusive).
+
+    (y1, x1, y2, x2) * (H - 1, W - 1, H - 1, W - 1) + (0, 0, 1, 1): the box in continuous
+    coordinates where pixel (i, j) covers [i, i + 1) x [j, j + 1), the frame of RoIAlign.
+    boxes: a tensor or a numpy array (the result is of the same kind).
+    """
+    tensor = _as_tensor(boxes)
     scale, shift = _pixel_scale_shift(image_hw, compute_dtype, tensor.device)
-    return _like(boxes, torch.round(tensor.to(compute_dtype) * scale + shift).to(torch.int32))
+    return _like(boxes, tensor.to(compute_dtype) * scale + shift)
 
 
 def _as_tensor(boxes):

@@ -15,6 +15,7 @@ Errors meant for the user (a missing file, no CUDA, offline without --weights, w
 not fit the config) are raised as CliError or as the library's own error types, and
 `reports_errors` prints them as one line `error: ...` instead of a traceback.
 """
+import argparse
 import errno
 import functools
 import os
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 
 from mrcnn.config import CocoConfig, Config
+from mrcnn.images import DEFAULT_MAX_PIXELS
 from mrcnn.weights import (CHECKPOINT_VERSION, DownloadError, MaskIoUHeadNotInFileWarning,
                            WeightsError, cache_dir, cached_converted_weights, checkpoint_config,
                            coco_weights_path, is_hdf5, load_weights, save_weights)
@@ -51,7 +53,9 @@ class CliError(Exception):
     """An error with a message for the user; scripts print it without a traceback."""
 
 
-USER_ERRORS = (CliError, DownloadError, WeightsError, FileNotFoundError)
+# OSError: a file that is missing, unreadable, a directory, on a full disk...; its message names
+# the file (error_message).
+USER_ERRORS = (CliError, DownloadError, WeightsError, OSError)
 
 
 def reports_errors(main):
@@ -75,10 +79,56 @@ def reports_errors(main):
 
 
 def error_message(error):
-    """One readable line for an exception (OSError's '[Errno 2] ...' becomes 'message: path')."""
+    """One readable line for an exception: OSError's '[Errno 2] ...' becomes 'message: path',
+    and a KeyError gives its message, not the message's repr."""
     if isinstance(error, OSError) and error.strerror and error.filename:
         return f"{error.strerror}: {error.filename}"
+    if isinstance(error, KeyError) and error.args:
+        return str(error.args[0])
     return str(error)
+
+
+def add_max_pixels_argument(parser):
+    """Adds --max-pixels N (the pixel budget of image files; 0: no budget) to an ArgumentParser;
+    args.max_pixels is then an int, or None for no budget."""
+    parser.add_argument(
+        "--max-pixels", type=_pixel_budget, default=DEFAULT_MAX_PIXELS, metavar="N",
+        help=f"skip images of more than N pixels (height x width), told from the file's header "
+             f"before decoding, against decompression bombs (default: {DEFAULT_MAX_PIXELS:,} "
+             "= 2^27, e.g. 16384x8192; 0: no limit but OpenCV's own, 2^30)")
+    return parser
+
+
+def add_dataset_check_arguments(parser):
+    """Adds how a COCO dataset is checked: --strict, --allow-external-images and --max-pixels.
+    dataset_options(args) gives them as CocoDataset keyword arguments."""
+    parser.add_argument(
+        "--strict", action="store_true",
+        help="refuse an annotation file with boxes or polygons past their image or unusable "
+             "annotations (unreadable, degenerate, empty), instead of clipping and skipping "
+             "them with a warning that counts them")
+    parser.add_argument(
+        "--allow-external-images", action="store_true",
+        help="let image file_names of the annotation file be absolute or lead out of the image "
+             "folder with '..' (refused by default)")
+    add_max_pixels_argument(parser)
+    return parser
+
+
+def dataset_options(args):
+    """The CocoDataset keyword arguments of add_dataset_check_arguments' options."""
+    return {"strict": args.strict, "max_pixels": args.max_pixels,
+            "allow_external_paths": args.allow_external_images}
+
+
+def _pixel_budget(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a pixel count >= 0, got {text!r}")
+    return value or None
 
 
 def add_model_arguments(parser):

@@ -2,8 +2,14 @@
 
 A `Config` is passed explicitly to everything that needs it; there are no globals. Fields are the
 upper-case attributes of the class (subclass to make a preset, or pass keyword overrides);
-derived values (BATCH_SIZE, IMAGE_SHAPE, IMAGE_META_SIZE, BACKBONE_SHAPES) are read-only
-properties, so they never go stale.
+derived values (BATCH_SIZE, IMAGE_SHAPE, IMAGE_META_SIZE, BACKBONE_SHAPES, MOLDED_IMAGE_SHAPE)
+are read-only properties, so they never go stale. In 'pad64' and 'none' modes each image has its
+own molded shape, so IMAGE_SHAPE, MOLDED_IMAGE_SHAPE and BACKBONE_SHAPES are None there.
+
+Config files (to_json, Matterport's dumps, the Keras reference's config.json) record the derived
+values too. They are informational: from_dict accepts them when they describe what the model does
+for the file's fields (in 'pad64' mode, say, the shapes of one molded image) and refuses them,
+saying why, when they do not.
 """
 import copy
 import json
@@ -25,7 +31,10 @@ COCO_CLASS_NAMES = [
 ]
 
 RESIZE_MODES = ("none", "square", "pad64", "crop")
+# Resize modes in which the molded shape depends on the image.
+PER_IMAGE_MODES = ("pad64", "none")
 BACKBONES = ("resnet50", "resnet101")
+POOLERS = ("crop_and_resize", "roi_align")
 
 
 class Config:
@@ -75,6 +84,11 @@ class Config:
     ROI_POSITIVE_RATIO = 0.33
     POOL_SIZE = 7
     MASK_POOL_SIZE = 14
+    # How PyramidROIAlign pools a box from its pyramid level (box and mask heads, training too):
+    # "crop_and_resize" is Matterport's (tf.image.crop_and_resize), the one Matterport's weights
+    # were trained with; "roi_align" is RoIAlign as torchvision and detectron2 compute it
+    # (aligned=True, adaptive sampling), for models trained with this project.
+    POOLER = "crop_and_resize"
     MASK_SHAPE = [28, 28]
     MAX_GT_INSTANCES = 100
     RPN_BBOX_STD_DEV = [0.1, 0.1, 0.2, 0.2]
@@ -103,7 +117,8 @@ class Config:
     # Mask Scoring R-CNN: weight of the MaskIoU regression loss.
     MASKIOU_LOSS_WEIGHT = 1.0
 
-    # Values computed from the fields above; from_json accepts them only when they agree.
+    # Values computed from the fields above; from_dict accepts them only when they describe
+    # this config (see derived_value_problem).
     DERIVED = ("BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE", "BACKBONE_SHAPES",
                "MOLDED_IMAGE_SHAPE")
 
@@ -136,6 +151,12 @@ class Config:
 
     @property
     def IMAGE_SHAPE(self):
+        """[H, W, C] of every molded image: [IMAGE_MAX_DIM, IMAGE_MAX_DIM, C] in 'square' mode,
+        [IMAGE_MIN_DIM, IMAGE_MIN_DIM, C] in 'crop' mode; None in 'pad64' and 'none' modes,
+        where each image has its own (mrcnn.molding.molded_shape). Matterport's Config gives
+        [IMAGE_MAX_DIM, IMAGE_MAX_DIM, C] there, a shape no molded image need have."""
+        if self.IMAGE_RESIZE_MODE in PER_IMAGE_MODES:
+            return None
         side = self.IMAGE_MIN_DIM if self.IMAGE_RESIZE_MODE == "crop" else self.IMAGE_MAX_DIM
         return [side, side, self.IMAGE_CHANNEL_COUNT]
 
@@ -145,17 +166,81 @@ class Config:
 
     @property
     def BACKBONE_SHAPES(self):
-        """[[ceil(H/s), ceil(W/s)] for each backbone stride] for IMAGE_SHAPE."""
+        """[[ceil(H/s), ceil(W/s)] for each backbone stride] of the molded image; None in 'pad64'
+        and 'none' modes (per image: backbone_shapes(molded_shape(image_hw, config),
+        BACKBONE_STRIDES))."""
+        if self.IMAGE_SHAPE is None:
+            return None
         return backbone_shapes(self.IMAGE_SHAPE[:2], self.BACKBONE_STRIDES)
 
     @property
     def MOLDED_IMAGE_SHAPE(self):
+        """IMAGE_SHAPE (None in 'pad64' and 'none' modes, where it is per image)."""
         return self.IMAGE_SHAPE
+
+    def derived_value_problem(self, name, value, recorded=None):
+        """Why `value`, recorded as derived value `name` in a config file, does not describe
+        this config; None when it does.
+
+        Values the fields fix must equal them. In 'pad64' and 'none' modes a file may record
+        the shapes of one molded image: MOLDED_IMAGE_SHAPE must then be a shape the mode can
+        mold to and BACKBONE_SHAPES its backbone shapes (MOLDED_IMAGE_SHAPE taken from
+        `recorded`, the file's other derived values). Matterport's IMAGE_SHAPE there,
+        [IMAGE_MAX_DIM, IMAGE_MAX_DIM, C], and the shapes derived from it (which this project
+        wrote before) are accepted too, and so is null.
+        """
+        value, own = _plain(value), _plain(getattr(self, name))
+        if value == own:
+            return None
+        mode = self.IMAGE_RESIZE_MODE
+        if own is not None or value is None:
+            return f"the fields give {own!r}"
+        matterport = [self.IMAGE_MAX_DIM, self.IMAGE_MAX_DIM, self.IMAGE_CHANNEL_COUNT]
+        if name == "IMAGE_SHAPE":
+            return (None if value == matterport else
+                    f"in '{mode}' mode the molded shape is per image, and Matterport's Config "
+                    f"gives {matterport}")
+        if name == "MOLDED_IMAGE_SHAPE" and value == matterport:
+            return None
+        if name == "MOLDED_IMAGE_SHAPE":
+            return self._molded_shape_problem(value)
+        molded = _plain((recorded or {}).get("MOLDED_IMAGE_SHAPE"))
+        if molded is None or self.derived_value_problem("MOLDED_IMAGE_SHAPE", molded):
+            return self._shape_list_problem(value)
+        expected = backbone_shapes(molded[:2], self.BACKBONE_STRIDES)
+        return (None if value == expected else
+                f"the MOLDED_IMAGE_SHAPE {molded} given with it has backbone shapes {expected}")
+
+    def _molded_shape_problem(self, shape):
+        """Why [H, W, C] is no molded shape of this 'pad64' or 'none' config; None if it is."""
+        if not (isinstance(shape, list) and len(shape) == 3
+                and all(isinstance(v, int) and v > 0 for v in shape)):
+            return "a molded shape is [H, W, C], three positive integers"
+        if shape[2] != self.IMAGE_CHANNEL_COUNT:
+            return f"IMAGE_CHANNEL_COUNT is {self.IMAGE_CHANNEL_COUNT}"
+        if self.IMAGE_RESIZE_MODE == "pad64":
+            if shape[0] % 64 or shape[1] % 64:
+                return "'pad64' mode pads both sides to multiples of 64"
+            if min(shape[:2]) < self.IMAGE_MIN_DIM:
+                return (f"'pad64' mode scales images up to a shorter side of at least "
+                        f"IMAGE_MIN_DIM {self.IMAGE_MIN_DIM}")
+        return None
+
+    def _shape_list_problem(self, shapes):
+        """Why `shapes` is not one [h, w] pair per backbone stride; None if it is."""
+        if (isinstance(shapes, list) and len(shapes) == len(self.BACKBONE_STRIDES)
+                and all(isinstance(pair, list) and len(pair) == 2
+                        and all(isinstance(v, int) and v > 0 for v in pair) for pair in shapes)):
+            return None
+        return (f"backbone shapes are one [h, w] pair of positive integers per BACKBONE_STRIDES "
+                f"level ({len(self.BACKBONE_STRIDES)})")
 
     def validate(self):
         """Raises ValueError for settings the model cannot run with."""
         if self.BACKBONE not in BACKBONES:
             raise ValueError(f"BACKBONE must be one of {BACKBONES}, got {self.BACKBONE!r}")
+        if self.POOLER not in POOLERS:
+            raise ValueError(f"POOLER must be one of {POOLERS}, got {self.POOLER!r}")
         if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:
             raise ValueError(f"IMAGE_RESIZE_MODE must be one of {RESIZE_MODES}, "
                              f"got {self.IMAGE_RESIZE_MODE!r}")
@@ -206,17 +291,17 @@ class Config:
     def from_dict(cls, values, **overrides):
         """A config of this class with `values` (any subset of fields) then `overrides` applied.
 
-        Derived values in `values` (as Matterport's dumps and to_json write them) are checked
-        against the ones computed from the fields.
+        Derived values in `values` (as Matterport's dumps and to_json write them) are
+        informational: each must describe the config (derived_value_problem), else ValueError.
         """
         values = dict(values)
         derived = {name: values.pop(name) for name in cls.DERIVED if name in values}
         values.update(overrides)
         config = cls(**values)
         for name, given in derived.items():
-            if _plain(given) != _plain(getattr(config, name)):
-                raise ValueError(f"{name} is {given!r} in the given values, but the fields give "
-                                 f"{getattr(config, name)!r}")
+            problem = config.derived_value_problem(name, given, derived)
+            if problem:
+                raise ValueError(f"{name} is {given!r} in the given values, but {problem}")
         return config
 
     @classmethod

@@ -1,10 +1,25 @@
 """Matterport's DetectionLayer (refine_detections_graph), batched over images."""
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 from mrcnn.boxes import apply_box_deltas, clip_boxes
 from mrcnn.layers import pad_per_image
 from mrcnn.ops import batched_nms
+
+
+class Detections(NamedTuple):
+    """The DetectionLayer's output and, for inspection, each RoI's refinement before filtering.
+
+    detections [B, max_instances, 6] (see DetectionLayer.forward); roi_scores [B, N],
+    roi_class_ids [B, N] int64 and refined_rois [B, N, 4]: each RoI's best class (background
+    included), that class's probability and the RoI refined by its deltas, clipped to the window.
+    """
+    detections: torch.Tensor
+    roi_scores: torch.Tensor
+    roi_class_ids: torch.Tensor
+    refined_rois: torch.Tensor
 
 
 class DetectionLayer(nn.Module):
@@ -22,6 +37,10 @@ class DetectionLayer(nn.Module):
         """rois [B, N, 4], probs [B, N, K], deltas [B, N, K, 4], windows [B, 4] (all normalised) ->
         detections [B, max_instances, 6] = (y1, x1, y2, x2, class_id, score), by descending score
         (ties by RoI index), zero-padded."""
+        return self.detect(rois, probs, deltas, windows).detections
+
+    def detect(self, rois, probs, deltas, windows):
+        """As forward, with each RoI's refinement before filtering: Detections."""
         batch, count, num_classes = probs.shape
         scores, class_ids, refined = self.refine(rois, probs, deltas, windows)
         keep = class_ids > 0
@@ -35,7 +54,8 @@ class DetectionLayer(nn.Module):
         rows = torch.cat([refined[image_index, roi_index],
                           class_ids[image_index, roi_index, None].to(refined.dtype),
                           scores[image_index, roi_index, None]], dim=1)
-        return pad_per_image(rows, image_index, batch, self.max_instances)
+        return Detections(pad_per_image(rows, image_index, batch, self.max_instances),
+                          scores, class_ids, refined)
 
     def refine(self, rois, probs, deltas, windows):
         """Each RoI's best class and its box refined by that class's deltas, before filtering ->

@@ -1,6 +1,7 @@
 """MaskScoringRCNN: Matterport's Mask R-CNN inference graph plus the MaskIoU head."""
 import contextlib
 from collections import defaultdict
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -23,8 +24,9 @@ class MaskScoringRCNN(nn.Module):
     """Mask Scoring R-CNN on Matterport's ResNet-FPN Mask R-CNN.
 
     `detect(images)` is the user entry point; `run_stages(images)` returns every intermediate
-    output in the layouts of Matterport's Keras model; `load_weights(path)` takes a Matterport
-    `.h5` or a `.pth` saved by this project.
+    output in the layouts of Matterport's Keras model, and what inspection needs to know about
+    how the proposals and detections were chosen; `load_weights(path)` takes a Matterport `.h5`
+    or a `.pth` saved by this project.
     """
 
     def __init__(self, config):
@@ -38,8 +40,8 @@ class MaskScoringRCNN(nn.Module):
         self.rpn = RPN(len(config.RPN_ANCHOR_RATIOS), config.RPN_ANCHOR_STRIDE, channels)
         self.proposal_layer = ProposalLayer(config.PRE_NMS_LIMIT, config.RPN_NMS_THRESHOLD,
                                             config.RPN_BBOX_STD_DEV)
-        self.box_roi_align = PyramidROIAlign(config.POOL_SIZE)
-        self.mask_roi_align = PyramidROIAlign(config.MASK_POOL_SIZE)
+        self.box_roi_align = PyramidROIAlign(config.POOL_SIZE, config.POOLER)
+        self.mask_roi_align = PyramidROIAlign(config.MASK_POOL_SIZE, config.POOLER)
         self.box_head = BoxHead(num_classes, channels, config.POOL_SIZE,
                                 config.FPN_CLASSIF_FC_LAYERS_SIZE, config.TRAIN_BN)
         self.mask_head = MaskHead(num_classes, channels, config.TRAIN_BN)
@@ -118,8 +120,10 @@ class MaskScoringRCNN(nn.Module):
         molded_images [B, 3, H, W] float32, image_metas [B, META] (Matterport's image meta),
         anchors [A, 4] or [B, A, 4] normalised (default: the config's anchors for the size) ->
         dict of tensors: pyramid, anchors, rpn_class, rpn_bbox, rpn_rois, mrcnn_class,
-        mrcnn_bbox, detections, and for the detection rows that carry a class (all rows,
-        padding included, with mask_all_rows): mask_rows [R] (flat index b*MAX + i), mrcnn_mask
+        mrcnn_bbox, detections; how the proposals and detections were chosen (INSPECTION_OUTPUTS:
+        the ProposalLayer's Proposals and the DetectionLayer's Detections, which the layers
+        compute anyway); and for the detection rows that carry a class (all rows, padding
+        included, with mask_all_rows): mask_rows [R] (flat index b*MAX + i), mrcnn_mask
         [R, K, 28, 28], class_masks [R, 28, 28] (the mask of the row's class), mask_ious [R, K]
         (the MaskIoU head's output for that mask), mask_iou [R] (its column of the row's class:
         the mask's predicted IoU) and mask_scores [R] (class score x mask_iou).
@@ -127,7 +131,7 @@ class MaskScoringRCNN(nn.Module):
         `timer(stage_name)`, when given, is a context manager wrapped around each stage (the
         benchmarks time them with it).
         """
-        timer = timer or (lambda name: contextlib.nullcontext())
+        timer = timer or _no_timer
         image_hw = tuple(molded_images.shape[-2:])
         with timer("backbone+fpn"):
             # Channels-last convolutions are the fast ones on the CPU (oneDNN) and on GPUs.
@@ -136,21 +140,22 @@ class MaskScoringRCNN(nn.Module):
             if anchors is None:
                 anchors = self.anchors(image_hw, molded_images.device)
             _, rpn_class, rpn_bbox = self.rpn(pyramid)
-            rpn_rois = self.proposal_layer(rpn_class, rpn_bbox, anchors,
-                                           self.config.POST_NMS_ROIS_INFERENCE)
+            proposals = self.proposal_layer.propose(rpn_class, rpn_bbox, anchors,
+                                                    self.config.POST_NMS_ROIS_INFERENCE)
         with timer("box head"):
             # The RoI pooling kernels read NCHW maps: convert the pooled levels once.
             pooled_levels = [p.contiguous() for p in pyramid[:4]]
-            mrcnn_class, mrcnn_bbox = self.classify(rpn_rois, pooled_levels, image_hw)
+            mrcnn_class, mrcnn_bbox = self.classify(proposals.rois, pooled_levels, image_hw)
         with timer("detection"):
             windows = norm_boxes(image_metas[:, 7:11], image_metas[0, 4:6])
-            detections = self.detection_layer(rpn_rois, mrcnn_class, mrcnn_bbox, windows)
+            detected = self.detection_layer.detect(proposals.rois, mrcnn_class, mrcnn_bbox,
+                                                   windows)
         with timer("mask+maskiou heads"):
-            flat = detections.reshape(-1, 6)
+            flat = detected.detections.reshape(-1, 6)
             class_ids = flat[:, 4].to(torch.int64)
             mask_rows = (torch.arange(len(flat), device=flat.device) if mask_all_rows
                          else torch.nonzero(class_ids > 0).squeeze(1))
-            box_image = mask_rows // detections.shape[1]
+            box_image = mask_rows // detected.detections.shape[1]
             row_classes = class_ids[mask_rows]
             mrcnn_mask, mask_ious = self.segment(flat[mask_rows, :4], box_image, row_classes,
                                                  pooled_levels, image_hw)
@@ -158,10 +163,16 @@ class MaskScoringRCNN(nn.Module):
             class_masks = mrcnn_mask[rows, row_classes]
             mask_iou = mask_ious[rows, row_classes]
         return {"pyramid": pyramid, "anchors": anchors, "rpn_class": rpn_class,
-                "rpn_bbox": rpn_bbox, "rpn_rois": rpn_rois, "mrcnn_class": mrcnn_class,
-                "mrcnn_bbox": mrcnn_bbox, "detections": detections, "mask_rows": mask_rows,
-                "mrcnn_mask": mrcnn_mask, "class_masks": class_masks, "mask_ious": mask_ious,
-                "mask_iou": mask_iou,
+                "rpn_bbox": rpn_bbox, "rpn_rois": proposals.rois, "mrcnn_class": mrcnn_class,
+                "mrcnn_bbox": mrcnn_bbox, "detections": detected.detections,
+                "rpn_roi_scores": proposals.scores, "rpn_roi_anchor_ids": proposals.anchor_ids,
+                "rpn_candidate_ids": proposals.candidate_ids,
+                "rpn_candidate_scores": proposals.candidate_scores,
+                "rpn_candidate_boxes": proposals.candidate_boxes,
+                "roi_scores": detected.roi_scores, "roi_class_ids": detected.roi_class_ids,
+                "roi_refined_boxes": detected.refined_rois,
+                "mask_rows": mask_rows, "mrcnn_mask": mrcnn_mask, "class_masks": class_masks,
+                "mask_ious": mask_ious, "mask_iou": mask_iou,
                 "mask_scores": flat[mask_rows, 5] * mask_iou}
 
     # User entry points.
@@ -176,9 +187,7 @@ class MaskScoringRCNN(nn.Module):
         scores [N] float32, mask_scores [N] float32 (class score x predicted mask IoU),
         masks [H, W, N] bool.
         """
-        if isinstance(images, np.ndarray) and images.ndim in (2, 3):
-            raise TypeError("detect() takes a list of images; wrap a single image in a list")
-        images = [to_rgb_uint8(image, f"images[{i}]") for i, image in enumerate(images)]
+        images = rgb_images(images)
         batch_size = batch_size or self.config.BATCH_SIZE
         groups = defaultdict(list)
         for index, image in enumerate(images):
@@ -187,49 +196,98 @@ class MaskScoringRCNN(nn.Module):
         for indices in groups.values():
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start:start + batch_size]
-                batch_results = self._detect_batch([images[i] for i in chunk])
+                batch_results = self.run_batch([images[i] for i in chunk]).results
                 for index, result in zip(chunk, batch_results):
                     results[index] = result
         return results
 
-    def _detect_batch(self, images):
-        molded, metas, windows = mold_inputs(images, self.config, device=self.device)
-        outputs = self.infer(molded, metas)
-        return unmold_results(images, outputs, tuple(molded.shape[-2:]), windows)
+    @torch.inference_mode()
+    def run_batch(self, images, mask_all_rows=False, timer=None):
+        """Molds images of one molded size, runs `infer` and unmolds the detections: the one
+        path of detect() and run_stages().
+
+        images: a list of images as detect() takes them; mask_all_rows and timer: see infer
+        (timer also wraps the "molding" and "unmolding" stages). Returns a Run.
+        """
+        images = rgb_images(images)
+        timer = timer or _no_timer
+        with timer("molding"):
+            molded, metas, windows = mold_inputs(images, self.config, device=self.device)
+        outputs = self.infer(molded, metas, mask_all_rows=mask_all_rows, timer=timer)
+        with timer("unmolding"):
+            results = unmold_results(images, outputs, tuple(molded.shape[-2:]), windows)
+        return Run(molded, metas, windows, outputs, results)
 
     @torch.inference_mode()
     def run_stages(self, images):
-        """Runs the inference graph on images of one molded size and returns every stage as numpy
-        arrays named and laid out like Matterport's outputs (NHWC maps, [B, ...] rows):
-        molded_images, image_metas, anchors, fpn_p2..fpn_p6, rpn_class, rpn_bbox, rpn_rois,
-        mrcnn_class, mrcnn_bbox, mrcnn_mask [B, MAX, 28, 28, K] (padding rows included),
-        detections, mask_iou [B, MAX], and the final per-image results rois_<i>, class_ids_<i>,
-        scores_<i>, mask_scores_<i>, masks_<i>."""
-        images = [to_rgb_uint8(image, f"images[{i}]") for i, image in enumerate(images)]
-        molded, metas, windows = mold_inputs(images, self.config, device=self.device)
-        outputs = self.infer(molded, metas, mask_all_rows=True)
+        """Every stage of the inference graph on images of one molded size, for inspection and
+        for comparison with Matterport's Keras model: a dict of numpy arrays.
+
+        Matterport's outputs, named and laid out as in its Keras model (NHWC maps, [B, ...]
+        rows): molded_images, image_metas, windows [B, 4] (pixels), anchors, fpn_p2..fpn_p6,
+        rpn_class, rpn_bbox, rpn_rois, mrcnn_class, mrcnn_bbox, mrcnn_mask [B, MAX, 28, 28, K]
+        (padding rows included), detections, mask_iou [B, MAX] and the final per-image results
+        rois_<i>, class_ids_<i>, scores_<i>, mask_scores_<i>, masks_<i> (as detect() gives them).
+
+        How the proposals and detections were chosen (normalised boxes, N = rpn_rois rows,
+        k = min(PRE_NMS_LIMIT, anchors)): rpn_candidate_ids [B, k], rpn_candidate_scores [B, k]
+        and rpn_candidate_boxes [B, k, 4], the anchors of highest foreground score NMS chose the
+        proposals from, best first, refined and clipped; rpn_roi_scores [B, N] and
+        rpn_roi_anchor_ids [B, N] (-1 for padding), each proposal's score and anchor;
+        roi_class_ids [B, N], roi_scores [B, N] and roi_refined_boxes [B, N, 4], each
+        proposal's best class (0: background), its probability and the proposal refined by that
+        class's deltas and clipped to the window, before the detection layer filters them.
+        """
+        run = self.run_batch(images, mask_all_rows=True)
+        outputs = run.outputs
         batch, max_instances = outputs["detections"].shape[:2]
-        masks = outputs["mrcnn_mask"].reshape((batch, max_instances) + outputs["mrcnn_mask"].shape[1:])
+        masks = outputs["mrcnn_mask"].reshape((batch, max_instances)
+                                              + outputs["mrcnn_mask"].shape[1:])
         stages = {
-            "molded_images": molded.permute(0, 2, 3, 1),
-            "image_metas": metas,
+            "molded_images": run.molded_images.permute(0, 2, 3, 1),
+            "image_metas": run.image_metas,
             "anchors": outputs["anchors"].expand(batch, -1, -1),
-            "rpn_class": outputs["rpn_class"],
-            "rpn_bbox": outputs["rpn_bbox"],
-            "rpn_rois": outputs["rpn_rois"],
-            "mrcnn_class": outputs["mrcnn_class"],
-            "mrcnn_bbox": outputs["mrcnn_bbox"],
             "mrcnn_mask": masks.permute(0, 1, 3, 4, 2),
-            "detections": outputs["detections"],
             "mask_iou": outputs["mask_iou"].reshape(batch, max_instances),
         }
+        stages.update({name: outputs[name] for name in BATCH_OUTPUTS + INSPECTION_OUTPUTS})
         for level, p in enumerate(outputs["pyramid"], start=2):
             stages[f"fpn_p{level}"] = p.permute(0, 2, 3, 1)
         stages = {name: value.cpu().numpy() for name, value in stages.items()}
-        for b, result in enumerate(unmold_results(images, outputs, tuple(molded.shape[-2:]),
-                                                  windows)):
+        stages["windows"] = run.windows
+        for b, result in enumerate(run.results):
             stages.update({f"{name}_{b}": value for name, value in result.items()})
         return stages
+
+
+# Outputs of `infer` with one row per image, in the layout of Matterport's Keras model.
+BATCH_OUTPUTS = ("rpn_class", "rpn_bbox", "rpn_rois", "mrcnn_class", "mrcnn_bbox", "detections")
+# Outputs of `infer` that say how the proposals and detections were chosen (see run_stages).
+INSPECTION_OUTPUTS = ("rpn_candidate_ids", "rpn_candidate_scores", "rpn_candidate_boxes",
+                      "rpn_roi_scores", "rpn_roi_anchor_ids", "roi_class_ids", "roi_scores",
+                      "roi_refined_boxes")
+
+
+class Run(NamedTuple):
+    """One batch through MaskScoringRCNN.run_batch: molded_images [B, 3, H, W], image_metas
+    [B, META], windows [B, 4] int32 numpy (each image inside its molded one, pixels), the
+    outputs of infer and the per-image results of detect()."""
+    molded_images: torch.Tensor
+    image_metas: torch.Tensor
+    windows: np.ndarray
+    outputs: dict
+    results: list
+
+
+def rgb_images(images):
+    """A list of images as detect() takes them -> the list of [H, W, 3] uint8 RGB arrays."""
+    if isinstance(images, np.ndarray) and images.ndim in (2, 3):
+        raise TypeError("detect() takes a list of images; wrap a single image in a list")
+    return [to_rgb_uint8(image, f"images[{i}]") for i, image in enumerate(images)]
+
+
+def _no_timer(name):
+    return contextlib.nullcontext()
 
 
 def unmold_results(images, outputs, molded_hw, windows):

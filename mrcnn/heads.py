@@ -3,8 +3,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mrcnn.boxes import pixel_boxes
+from mrcnn.config import POOLERS
 from mrcnn.layers import BatchNorm2d, conv_bn
-from mrcnn.ops import crop_and_resize
+from mrcnn.ops import crop_and_resize, roi_align
 
 
 def roi_pyramid_levels(boxes, image_area):
@@ -23,24 +25,49 @@ def roi_pyramid_levels(boxes, image_area):
 
 
 class PyramidROIAlign(nn.Module):
-    """Crops each box from its pyramid level with tf.image.crop_and_resize semantics."""
+    """Pools each box from its pyramid level (chosen as Matterport does) with `pooler`.
 
-    def __init__(self, pool_size):
+    "crop_and_resize": Matterport's PyramidROIAlign, tf.image.crop_and_resize of the normalised
+    box (the pooling Matterport's weights were trained with). "roi_align": RoIAlign as
+    torchvision and detectron2 compute it (aligned=True, sampling_ratio 0: ceil(bin size)
+    samples per bin and axis) on the box in molded-image pixels, at the level's stride.
+    """
+
+    def __init__(self, pool_size, pooler="crop_and_resize"):
         super().__init__()
+        if pooler not in POOLERS:
+            raise ValueError(f"pooler must be one of {POOLERS}, got {pooler!r}")
         self.pool_size = (pool_size, pool_size)
+        self.pooler = pooler
 
     def forward(self, boxes, box_image, feature_maps, image_hw):
         """boxes [R, 4] normalised, box_image [R] (the image of each box), feature_maps [P2..P5]
         each [B, C, h, w], image_hw the molded image size -> pooled [R, C, pool, pool]."""
         boxes = boxes.detach()
         levels = roi_pyramid_levels(boxes, image_hw[0] * image_hw[1])
+        if self.pooler == "roi_align":
+            rois = pixel_rois(boxes, box_image, image_hw)
         channels = feature_maps[0].shape[1]
         pooled = feature_maps[0].new_empty((len(boxes), channels) + self.pool_size)
         for level, feature_map in enumerate(feature_maps, start=2):
             rows = torch.nonzero(levels == level).squeeze(1)
-            pooled[rows] = crop_and_resize(feature_map, boxes[rows], box_image[rows],
-                                           self.pool_size)
+            if self.pooler == "roi_align":
+                # P2..P5 have strides 4..32: the ResNet halves the map per stage.
+                pooled[rows] = roi_align(feature_map, rois[rows], self.pool_size,
+                                         spatial_scale=2.0 ** -level, sampling_ratio=0,
+                                         aligned=True)
+            else:
+                pooled[rows] = crop_and_resize(feature_map, boxes[rows], box_image[rows],
+                                               self.pool_size)
         return pooled
+
+
+def pixel_rois(boxes, box_image, image_hw):
+    """Normalised boxes [R, 4] of images box_image [R] -> roi_align's rois [R, 5] =
+    (image, x1, y1, x2, y2) in molded-image pixels, pixel (i, j) covering [i, i+1) x [j, j+1)
+    (mrcnn.boxes.pixel_boxes: a normalised box spans its pixels' full extent)."""
+    y1, x1, y2, x2 = pixel_boxes(boxes, image_hw).unbind(1)
+    return torch.stack([box_image.to(y1.dtype), x1, y1, x2, y2], dim=1)
 
 
 class BoxHead(nn.Module):

@@ -7,6 +7,13 @@ sends 65535 to 255. Decoding files is `preprocess.images`' job.
 """
 import numpy as np
 
+# The pixel budget of image files (preprocess.images.load_image): 2^27 = 134 million pixels,
+# e.g. 16384 x 8192 or a 100-megapixel photo, about 800 MB decoded and copied to RGB. OpenCV's own
+# limit is 2^30.
+DEFAULT_MAX_PIXELS = 2 ** 27
+# uint16 -> uint8 as round(v / 257), by table: no uint32 copy of a large image.
+_UINT16_TO_UINT8 = ((np.arange(65536, dtype=np.uint32) + 128) // 257).astype(np.uint8)
+
 
 class ImageLoadError(ValueError):
     """An image file or array that cannot be turned into a uint8 RGB image."""
@@ -48,5 +55,5 @@ def to_rgb_uint8(image, name="image"):
     elif channels == 4:
         image = image[:, :, :3]
     if image.dtype == np.uint16:
-        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        image = _UINT16_TO_UINT8[image]
     return np.ascontiguousarray(image)

@@ -18,6 +18,10 @@ import torch
 from mrcnn.config import RESIZE_MODES
 
 
+class ImageSizeError(ValueError):
+    """An image whose size the resize mode cannot handle (scaled to nothing along one side)."""
+
+
 def resize(image, output_hw):
     """Matterport's `utils.resize` (skimage order-1 resize, preserve_range) of one image.
 
@@ -141,7 +145,8 @@ def molded_shape(image_hw, config):
     """(H, W) that `mold_inputs` gives an image of size image_hw, without resizing anything.
 
     Lets a caller group images whose molded sizes match ('pad64' and 'none' depend on the
-    input size). `image_hw` may also be a full (H, W, C) shape.
+    input size), and find the images the resize mode cannot take (ImageSizeError) before a
+    batch fails on them. `image_hw` may also be a full (H, W, C) shape.
     """
     height, width = (int(v) for v in image_hw[:2])
     mode = config.IMAGE_RESIZE_MODE
@@ -289,8 +294,9 @@ def _resize_plan(height, width, min_dim, max_dim, min_scale, mode):
         return scale, (height, width)
     new_hw = (round(height * scale), round(width * scale))
     if min(new_hw) < 1:
-        raise ValueError(f"a {height}x{width} image scaled by {scale:.4g} would be {new_hw[0]}x"
-                         f"{new_hw[1]} pixels; it is too thin for this resize mode")
+        raise ImageSizeError(f"a {height}x{width} image scaled by {scale:.4g} would be "
+                             f"{new_hw[0]}x{new_hw[1]} pixels; it is too thin for this resize "
+                             "mode")
     return scale, new_hw
 
 
@@ -341,11 +347,14 @@ def _interpolate(images, row_taps, col_taps):
     (1, 1) in that order, as scipy's zoom does, so float64 results match it bit for bit.
     The result is a permuted view of a [Fh, N, Fw, C] tensor.
     """
-    images = images.to(torch.float64)
     count, height, width, channels = images.shape
     row0, row1, row_w0, row_w1 = row_taps
     col0, col1, col_w0, col_w1 = col_taps
     frame_h, frame_w = row0.shape[1], col0.shape[1]
+    # Converted to float64 (exact for every input dtype) after picking the rows when there are
+    # fewer of them: a large image being scaled down is never copied whole at 8 bytes a value.
+    if frame_h >= height:
+        images = images.to(torch.float64)
     item = torch.arange(count, device=images.device)[:, None]
     # One flat index per axis over (item, row) and (item, column) picks the taps of all items
     # in a single indexing op, which is much faster than torch.gather.
@@ -354,7 +363,7 @@ def _interpolate(images, row_taps, col_taps):
     for rows, row_weight in ((row0, row_w0), (row1, row_w1)):
         # value * row_weight is the same product before or after picking the columns, and the
         # picked rows are the smaller tensor.
-        weighted = image_rows[(item * height + rows).T.reshape(-1)]
+        weighted = image_rows[(item * height + rows).T.reshape(-1)].to(torch.float64)
         weighted = weighted.view(frame_h, count, width, channels)
         weighted.mul_(row_weight.T[:, :, None, None])
         weighted = weighted.view(frame_h, count * width, channels)

@@ -1,4 +1,6 @@
 """Region proposal network and the ProposalLayer."""
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,6 +39,23 @@ class RPN(nn.Module):
                 "rpn_bbox_pred": self.bbox_pred}
 
 
+class Proposals(NamedTuple):
+    """What the ProposalLayer makes of the RPN's outputs, per image (normalised boxes).
+
+    rois [B, N, 4]: the proposals, by descending score, zero-padded to N = proposal_count rows;
+    scores [B, N]: their foreground scores (0 for padding); anchor_ids [B, N] int64: the anchor
+    each was refined from (-1 for padding); candidate_ids [B, k] int64, candidate_scores [B, k]
+    and candidate_boxes [B, k, 4]: the k anchors of highest score that NMS chose from, best
+    first (ties in anchor order), refined and clipped to the image.
+    """
+    rois: torch.Tensor
+    scores: torch.Tensor
+    anchor_ids: torch.Tensor
+    candidate_ids: torch.Tensor
+    candidate_scores: torch.Tensor
+    candidate_boxes: torch.Tensor
+
+
 class ProposalLayer(nn.Module):
     """Top anchors by foreground score, refined, clipped to the image and NMSed (Matterport's `ROI`)."""
 
@@ -50,21 +69,31 @@ class ProposalLayer(nn.Module):
     def forward(self, probs, deltas, anchors, proposal_count):
         """probs [B, A, 2], deltas [B, A, 4], anchors [A, 4] or [B, A, 4] normalised ->
         proposals [B, proposal_count, 4] normalised, in descending score order, zero-padded."""
-        return self.scored_proposals(probs, deltas, anchors, proposal_count)[0]
+        return self.propose(probs, deltas, anchors, proposal_count).rois
 
-    def scored_proposals(self, probs, deltas, anchors, proposal_count):
-        """As forward, and also the proposals' foreground scores [B, proposal_count] (0 for
-        padding)."""
+    def propose(self, probs, deltas, anchors, proposal_count):
+        """As forward, with what inspection reads about how the proposals were made: Proposals.
+
+        The candidates are the k = min(pre_nms_limit, A) anchors of highest foreground score,
+        refined and clipped; NMS keeps up to proposal_count of each image's, best first.
+        """
         batch, num_anchors = probs.shape[:2]
-        scores, _, boxes = self.top_anchors(probs, deltas, anchors,
-                                            min(self.pre_nms_limit, num_anchors))
+        scores, top, boxes = self.top_anchors(probs, deltas, anchors,
+                                              min(self.pre_nms_limit, num_anchors))
         k = scores.shape[1]
         image_index = torch.arange(batch, device=boxes.device).repeat_interleave(k)
         keep = batched_nms(boxes.reshape(-1, 4), scores.reshape(-1), image_index,
                            self.nms_threshold, max_output_size=proposal_count)
-        rows = torch.cat([boxes.reshape(-1, 4), scores.reshape(-1, 1)], dim=1)[keep]
-        padded = pad_per_image(rows, image_index[keep], batch, proposal_count)
-        return padded[..., :4], padded[..., 4]
+        # Each image's kept candidates (flat index + 1) in its rows, 0 in the padding rows.
+        slots = pad_per_image((keep + 1)[:, None], image_index[keep], batch,
+                              proposal_count)[..., 0]
+        padding = slots == 0
+        kept = (slots - 1).clamp(min=0)
+        return Proposals(
+            rois=boxes.reshape(-1, 4)[kept].masked_fill(padding[..., None], 0),
+            scores=scores.reshape(-1)[kept].masked_fill(padding, 0),
+            anchor_ids=top.reshape(-1)[kept].masked_fill(padding, -1),
+            candidate_ids=top, candidate_scores=scores, candidate_boxes=boxes)
 
     def top_anchors(self, probs, deltas, anchors, k):
         """The k <= A anchors [A, 4] or [B, A, 4] of highest foreground score, before NMS ->

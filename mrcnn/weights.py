@@ -86,13 +86,19 @@ class MaskIoUHeadNotInFileWarning(UserWarning):
     """Loaded Keras weights leave the MaskIoU head at its initialisation."""
 
 
-def load_weights(model, path, progress=False):
+class PoolerMismatchWarning(UserWarning):
+    """Loaded weights were trained with another Config.POOLER than the model pools with."""
+
+
+def load_weights(model, path, progress=False, allow_nonfinite=False):
     """Loads a Matterport Keras .h5 (converted on the fly) or an mrcnn .pth into `model`.
 
     An .h5 must fill every Keras layer of the model exactly; the MaskIoU head keeps its
     initialisation, which a MaskIoUHeadNotInFileWarning says. A .pth must come from
     save_weights for a config with the same weight shapes (SHAPE_FIELDS) and fills the whole
-    model. `progress` shows a progress bar while an .h5 is read.
+    model; a PoolerMismatchWarning says when it was trained with another POOLER. A weight
+    holding NaN or infinite values is an error naming it, unless `allow_nonfinite`.
+    `progress` shows a progress bar while an .h5 is read.
 
     Raises FileNotFoundError, or WeightsError saying what is wrong with the file; a file that
     does not fit leaves the model untouched.
@@ -101,7 +107,7 @@ def load_weights(model, path, progress=False):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     if is_keras_file(path):
-        keras_reader(path).load(model, path, progress=progress)
+        keras_reader(path).load(model, path, progress=progress, allow_nonfinite=allow_nonfinite)
         if any(name.startswith(MASKIOU_PREFIX) for name, _ in model.named_parameters()):
             warnings.warn("the .h5 has no MaskIoU head; it keeps its initialisation",
                           MaskIoUHeadNotInFileWarning, stacklevel=2)
@@ -109,7 +115,32 @@ def load_weights(model, path, progress=False):
     checkpoint = read_checkpoint(path)
     _check_config(checkpoint["config"], model.config, f"{path} was saved for")
     _check_state_dict(checkpoint["state_dict"], model.state_dict(), path)
+    if not allow_nonfinite:
+        for name, tensor in checkpoint["state_dict"].items():
+            check_finite(tensor, f"{path}: weight {name}")
     model.load_state_dict(checkpoint["state_dict"])
+    # Same shapes either way, but the features the heads learnt from differ.
+    pooler = checkpoint["config"].get("POOLER", Config.POOLER)
+    if pooler != model.config.POOLER:
+        warnings.warn(f"{path} was trained with POOLER {pooler!r}; the model pools with "
+                      f"{model.config.POOLER!r}, so its results differ from the trained model's",
+                      PoolerMismatchWarning, stacklevel=2)
+
+
+def check_finite(values, subject):
+    """Raises WeightsError saying how many NaN and infinite values a floating-point array or
+    tensor holds, if any; `subject` names it (file and weight)."""
+    values = torch.as_tensor(values)
+    if not values.is_floating_point():
+        return
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        nan = int(torch.isnan(values).sum())
+        infinite = values.numel() - int(finite.sum()) - nan
+        raise WeightsError(f"{subject} holds {nan} NaN and {infinite} infinite values of "
+                           f"{values.numel()}; the file is damaged or comes from a diverged "
+                           "training (allow_nonfinite=True, or --allow-nonfinite of python -m "
+                           "convert_weights, loads it anyway)")
 
 
 def save_weights(model, config, path):

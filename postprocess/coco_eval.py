@@ -11,13 +11,18 @@ share of the images; the results are gathered to rank 0, which alone runs COCOev
 files, and every process returns the same summary. With NCCL each process must first call
 torch.cuda.set_device for its GPU: the object collectives use the current device.
 
-Any object with `detect(images, batch_size)` (as MaskScoringRCNN.detect) and, when no batch size
-is given, `config.BATCH_SIZE` can be evaluated.
+Any object with `detect(images, batch_size)` (as MaskScoringRCNN.detect) and a `config` (its
+resize mode; BATCH_SIZE when no batch size is given) can be evaluated.
+
+An image that cannot be processed (unreadable, over the dataset's pixel budget, another size
+than the annotation file says, too thin for the resize mode) is reported on stderr and skipped;
+COCOeval then scores the other images only, and the summary lists the skipped ones.
 """
 import contextlib
 import io
 import json
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,7 +32,10 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from mrcnn.atomic import atomic_write
+from mrcnn.cli import error_message
 from postprocess.visualize import result_to_coco_json
+from preprocess.coco import DatasetError
+from preprocess.images import IMAGE_ERRORS, check_resizable
 
 IOU_TYPES = ("bbox", "segm")
 # --mask-score mode -> the result array that ranks the segm results, and how to say it.
@@ -62,8 +70,13 @@ def evaluate(model, dataset, limit=None, batch_size=None, mask_score="maskiou", 
         summary_fields: extra JSON-compatible entries for the summary (e.g. the weights path).
     Returns:
         the summary dict, the same in every process: "bbox" and "segm" ({STAT_NAMES[i]: stat}),
-        image_count, detections, processes, seconds_per_image (detection wall time over the
-        image count), mask_score, annotations, image_dir, plus summary_fields.
+        image_count (the images scored), skipped_images ([{"image_id", "file", "reason"}] of
+        the images that could not be processed), dataset_repairs (the annotations clipped and
+        skipped by reason when the dataset was read), detections, processes,
+        seconds_per_image (detection wall time over the image count), mask_score,
+        annotations, image_dir, plus summary_fields.
+    Raises:
+        DatasetError when no image at all could be processed.
     """
     if mask_score not in MASK_SCORE_KEYS:
         raise ValueError(f"mask_score must be one of {list(MASK_SCORE_KEYS)}, got {mask_score!r}")
@@ -77,26 +90,33 @@ def evaluate(model, dataset, limit=None, batch_size=None, mask_score="maskiou", 
         model.eval()
     try:
         start = time.perf_counter()
-        per_image = detect_images(model, dataset, positions[rank::world_size], batch_size,
-                                  mask_score, progress=progress and rank == 0,
-                                  description=f"eval rank {rank}/{world_size}"
-                                  if world_size > 1 else "eval")
+        per_image, skipped = detect_images(
+            model, dataset, positions[rank::world_size], batch_size, mask_score,
+            progress=progress and rank == 0,
+            description=f"eval rank {rank}/{world_size}" if world_size > 1 else "eval")
         seconds = time.perf_counter() - start
     finally:
         if training:
             model.train()
-    per_image, seconds = _gather(per_image, seconds)
+    per_image, skipped, seconds = _gather(per_image, skipped, seconds)
+    if not per_image:
+        raise DatasetError(f"none of the {len(positions)} images to evaluate in "
+                           f"{dataset.annotation_json} could be processed (see above)")
 
     summary = None
     if rank == 0:
         entries = {iou_type: [entry for _, image in per_image for entry in image[iou_type]]
                    for iou_type in IOU_TYPES}
-        image_ids = [dataset.coco_image_ids[position] for position in positions]
+        image_ids = [dataset.coco_image_ids[position] for position, _ in per_image]
         summary = {
-            "image_count": len(positions),
+            "image_count": len(image_ids),
+            "skipped_images": [{"image_id": dataset.coco_image_ids[position],
+                                "file": dataset.image_info(position).path, "reason": reason}
+                               for position, reason in skipped],
+            "dataset_repairs": dataset.repairs.counts(),
             "detections": len(entries["bbox"]),
             "processes": world_size,
-            "seconds_per_image": seconds / len(positions),
+            "seconds_per_image": seconds / len(image_ids),
             "mask_score": mask_score,
             "annotations": os.path.abspath(dataset.annotation_json),
             "image_dir": os.path.abspath(dataset.image_dir),
@@ -105,7 +125,7 @@ def evaluate(model, dataset, limit=None, batch_size=None, mask_score="maskiou", 
         for iou_type in IOU_TYPES:
             if print_tables:
                 ranking = RANKINGS["cls" if iou_type == "bbox" else mask_score]
-                print(f"COCO {iou_type} on {len(positions)} images, ranked by {ranking}:")
+                print(f"COCO {iou_type} on {len(image_ids)} images, ranked by {ranking}:")
             stats = run_cocoeval(dataset, entries[iou_type], iou_type, image_ids, print_tables)
             summary[iou_type] = dict(zip(STAT_NAMES, stats))
         if out_dir is not None:
@@ -138,28 +158,36 @@ def detect_images(model, dataset, positions, batch_size, mask_score="maskiou", p
                   description="eval"):
     """Runs model.detect over the images at `positions`, `batch_size` at a time.
 
-    The next batch is read from disk while the model works on the current one.
-    Returns one (position, coco_entries(...)) pair per image, in `positions` order.
+    The next batch is read from disk while the model works on the current one. An image that
+    cannot be processed is said on stderr ('warning: skipped ...') and left out of its batch.
+    Returns (per_image, skipped): one (position, coco_entries(...)) pair per processed image
+    and one (position, why) pair per skipped one, each in `positions` order.
     """
     category_ids = dict(enumerate(dataset.category_ids, start=1))
     batches = [positions[start:start + batch_size]
                for start in range(0, len(positions), batch_size)]
-    per_image = []
+    per_image, skipped = [], []
     with ThreadPoolExecutor(max_workers=1) as reader, \
             tqdm(total=len(positions), unit="image", desc=description,
                  disable=not progress) as bar:
-        upcoming = reader.submit(_load_images, dataset, batches[0]) if batches else None
+        upcoming = (reader.submit(_load_images, dataset, batches[0], model.config)
+                    if batches else None)
         for number, batch in enumerate(batches):
-            images = upcoming.result()
+            loaded, failed = upcoming.result()
             if number + 1 < len(batches):
-                upcoming = reader.submit(_load_images, dataset, batches[number + 1])
-            results = model.detect(images, batch_size=batch_size)
-            for position, result in zip(batch, results):
+                upcoming = reader.submit(_load_images, dataset, batches[number + 1],
+                                         model.config)
+            for position, why in failed:
+                bar.write(f"warning: skipped {why}", file=sys.stderr)
+            skipped += failed
+            results = (model.detect([image for _, image in loaded], batch_size=batch_size)
+                       if loaded else [])
+            for (position, _), result in zip(loaded, results):
                 image_id = dataset.coco_image_ids[position]
                 per_image.append((position, coco_entries(result, image_id, category_ids,
                                                          mask_score)))
             bar.update(len(batch))
-    return per_image
+    return per_image, skipped
 
 
 def coco_entries(result, image_id, category_ids, mask_score="maskiou"):
@@ -222,8 +250,18 @@ def write_results(out_dir, bbox_entries, segm_entries, summary):
     return paths
 
 
-def _load_images(dataset, positions):
-    return [dataset.load_image(position) for position in positions]
+def _load_images(dataset, positions, config):
+    """([(position, image)], [(position, why)]): the images of `positions` that load and fit
+    config's resize mode, and the others with the error that names them."""
+    loaded, failed = [], []
+    for position in positions:
+        try:
+            image = dataset.load_image(position)
+            check_resizable(image.shape, config, dataset.image_info(position).path)
+            loaded.append((position, image))
+        except (*IMAGE_ERRORS, DatasetError) as error:
+            failed.append((position, error_message(error)))
+    return loaded, failed
 
 
 def _ground_truth(coco, image_ids):
@@ -268,11 +306,13 @@ def _broadcast(summary):
     return holder[0]
 
 
-def _gather(per_image, seconds):
-    """Every process's per-image results in dataset order and the longest detection time."""
+def _gather(per_image, skipped, seconds):
+    """Every process's per-image results and skipped images, each in dataset order, and the
+    longest detection time."""
     if _rank_and_world_size()[1] == 1:
-        return per_image, seconds
+        return per_image, skipped, seconds
     shares = [None] * dist.get_world_size()
-    dist.all_gather_object(shares, (per_image, seconds))
-    merged = sorted((image for share, _ in shares for image in share), key=lambda image: image[0])
-    return merged, max(share_seconds for _, share_seconds in shares)
+    dist.all_gather_object(shares, (per_image, skipped, seconds))
+    merged = [sorted((item for share in shares for item in share[part]), key=lambda item: item[0])
+              for part in (0, 1)]
+    return merged[0], merged[1], max(share[2] for share in shares)

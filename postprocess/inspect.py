@@ -10,14 +10,14 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from mrcnn.boxes import apply_box_deltas, denorm_boxes, norm_boxes
+from mrcnn.boxes import apply_box_deltas, denorm_boxes
 from mrcnn.cli import (CliError, add_model_arguments, build_config, drawable, error_message,
                        load_model, reports_errors, resolve_device)
 from mrcnn.config import backbone_shapes
-from preprocess.coco import CocoDataset, DatasetError, coco_layout
+from preprocess import coco
+from preprocess.coco import DatasetError, coco_layout
 from preprocess.images import ImageLoadError, load_image
 from preprocess.masks import expand_mask
-from mrcnn.molding import mold_inputs
 from preprocess.training_data import LOAD_ERRORS, collate, load_image_gt
 from mrcnn.unmold import unmold_masks
 from postprocess.visualize import (draw_boxes, draw_caption, draw_instances, format_labels,
@@ -132,65 +132,22 @@ def build_parser():
 
 
 def molded_display(molded, mean_pixel):
-    """The molded image [3, H, W] (pixels minus MEAN_PIXEL) as [H, W, 3] uint8 RGB to draw on."""
-    mean = torch.as_tensor(mean_pixel, dtype=torch.float64, device=molded.device)
-    pixels = molded.permute(1, 2, 0).to(torch.float64) + mean
-    return pixels.round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+    """The molded image [H, W, 3] (pixels minus MEAN_PIXEL) as [H, W, 3] uint8 RGB to draw on."""
+    pixels = molded.astype(np.float64) + np.asarray(mean_pixel, dtype=np.float64)
+    return pixels.round().clip(0, 255).astype(np.uint8)
 
 
 def to_pixels(boxes, image_hw):
-    """Normalised boxes [..., 4] -> int64 numpy pixel boxes (y2, x2 exclusive)."""
-    return denorm_boxes(boxes, image_hw).to(torch.int64).cpu().numpy()
+    """Normalised boxes [..., 4] (numpy or tensor) -> int64 numpy pixel boxes (y2, x2
+    exclusive)."""
+    pixels = denorm_boxes(boxes, image_hw)
+    return (pixels.cpu().numpy() if torch.is_tensor(pixels) else pixels).astype(np.int64)
 
 
-@torch.inference_mode()
-def network_stages(model, image, top):
-    """Runs the model on one [H, W, 3] uint8 RGB image and collects what the pictures show.
-
-    Returns a dict: canvas [h, w, 3] uint8 (the molded image), anchors [A, 4] pixels;
-    top_anchors [k] (anchor indices), top_scores [k], top_refined [k, 4] pixels (the k = min(top,
-    A) anchors of highest RPN score before NMS, refined and clipped); proposals [P, 4] pixels and
-    proposal_scores [P] (kept by NMS, best first, padding dropped); rois [N, 4], roi_refined
-    [N, 4] pixels, roi_class_ids [N], roi_scores [N] (the proposals classified as objects, by
-    descending class score); result (the final detections, as model.detect returns them);
-    all numpy on the CPU; and outputs, the tensors of model.infer (on the model's device).
-    """
-    # The network's modules load the compiled ops: imported here, so that --help and the
-    # argument checks work without them.
-    from mrcnn.detector import unmold_results
-
-    config = model.config
-    molded, metas, windows = mold_inputs([image], config, device=model.device)
-    outputs = model.infer(molded, metas)
-    image_hw = tuple(molded.shape[-2:])
-    anchors, probs, deltas = outputs["anchors"], outputs["rpn_class"], outputs["rpn_bbox"]
-    proposal_layer = model.proposal_layer
-    top_scores, top_anchors, top_refined = proposal_layer.top_anchors(
-        probs, deltas, anchors, min(top, len(anchors)))
-    proposals, proposal_scores = proposal_layer.scored_proposals(
-        probs, deltas, anchors, config.POST_NMS_ROIS_INFERENCE)
-    kept = (proposals[0] != 0).any(dim=1)
-
-    normalised_windows = norm_boxes(metas[:, 7:11], metas[0, 4:6])
-    roi_scores, roi_class_ids, roi_refined = model.detection_layer.refine(
-        outputs["rpn_rois"], outputs["mrcnn_class"], outputs["mrcnn_bbox"], normalised_windows)
-    objects = torch.nonzero(kept & (roi_class_ids[0] > 0)).squeeze(1)
-    objects = objects[torch.argsort(roi_scores[0, objects], descending=True, stable=True)]
-    return {
-        "canvas": molded_display(molded[0], config.MEAN_PIXEL),
-        "anchors": to_pixels(anchors, image_hw),
-        "top_anchors": top_anchors[0].cpu().numpy(),
-        "top_scores": top_scores[0].cpu().numpy(),
-        "top_refined": to_pixels(top_refined[0], image_hw),
-        "proposals": to_pixels(proposals[0, kept], image_hw),
-        "proposal_scores": proposal_scores[0, kept].cpu().numpy(),
-        "rois": to_pixels(outputs["rpn_rois"][0, objects], image_hw),
-        "roi_refined": to_pixels(roi_refined[0, objects], image_hw),
-        "roi_class_ids": roi_class_ids[0, objects].cpu().numpy(),
-        "roi_scores": roi_scores[0, objects].cpu().numpy(),
-        "result": unmold_results([image], outputs, image_hw, windows)[0],
-        "outputs": outputs,
-    }
+def image_result(stages, index):
+    """Image `index`'s final detections from model.run_stages, as model.detect returns them."""
+    return {name: stages[f"{name}_{index}"]
+            for name in ("rois", "class_ids", "scores", "mask_scores", "masks")}
 
 
 def anchor_file(level):
@@ -251,19 +208,23 @@ def ordinal(n):
 
 def proposal_pictures(canvas, stages, config, top):
     """Pictures of the RPN's best anchors before NMS (with their refinement) and of the best
-    proposals NMS keeps, coloured by score."""
-    scores = stages["top_scores"]
-    anchors = stages["anchors"][stages["top_anchors"]]
-    before = draw_boxes(canvas, anchors, score_colors(scores),
-                        refined_boxes=stages["top_refined"])
+    proposals NMS keeps, coloured by score (`stages`: model.run_stages of one image)."""
+    image_hw = canvas.shape[:2]
+    scores = stages["rpn_candidate_scores"][0, :top]
+    anchor_count = stages["anchors"].shape[1]
+    anchors = to_pixels(stages["anchors"][0, stages["rpn_candidate_ids"][0, :top]], image_hw)
+    refined = to_pixels(stages["rpn_candidate_boxes"][0, :top], image_hw)
+    before = draw_boxes(canvas, anchors, score_colors(scores), refined_boxes=refined)
     title = f"RPN: top {len(scores)} anchors before NMS"
-    details = (f"the {len(scores)} of {len(stages['anchors'])} anchors with the highest "
+    details = (f"the {len(scores)} of {anchor_count} anchors with the highest "
                f"foreground score{score_range(scores)}. Dashed: anchor; solid: refined by the "
                "RPN's deltas and clipped to the image; colour: score, blue (lowest) to red")
-    kept_scores = stages["proposal_scores"][:top]
-    after = draw_boxes(canvas, stages["proposals"][:top], score_colors(kept_scores))
+    kept = stages["rpn_roi_anchor_ids"][0] >= 0
+    kept_scores = stages["rpn_roi_scores"][0, kept][:top]
+    after = draw_boxes(canvas, to_pixels(stages["rpn_rois"][0, kept][:top], image_hw),
+                       score_colors(kept_scores))
     after_title = f"Proposals: top {len(kept_scores)} after NMS"
-    after_details = (f"the best {len(kept_scores)} of the {len(stages['proposal_scores'])} "
+    after_details = (f"the best {len(kept_scores)} of the {int(kept.sum())} "
                      f"proposals that NMS (IoU {config.RPN_NMS_THRESHOLD}) keeps of the "
                      f"{config.PRE_NMS_LIMIT} best anchors{score_range(kept_scores)}; colour: "
                      "score, blue (lowest) to red")
@@ -283,16 +244,22 @@ def score_range(scores):
 
 def roi_picture(canvas, stages, class_names, top):
     """The best proposals the box head classifies as objects, with their class refinement."""
-    class_ids = stages["roi_class_ids"][:top]
-    scores = stages["roi_scores"][:top]
-    drawn = draw_boxes(canvas, stages["rois"][:top], instance_colors(class_ids),
+    image_hw = canvas.shape[:2]
+    proposals = stages["rpn_roi_anchor_ids"][0] >= 0
+    objects = np.flatnonzero(proposals & (stages["roi_class_ids"][0] > 0))
+    objects = objects[np.argsort(-stages["roi_scores"][0, objects], kind="stable")]
+    shown = objects[:top]
+    class_ids = stages["roi_class_ids"][0, shown]
+    scores = stages["roi_scores"][0, shown]
+    drawn = draw_boxes(canvas, to_pixels(stages["rpn_rois"][0, shown], image_hw),
+                       instance_colors(class_ids),
                        labels=format_labels(class_ids, scores, class_names),
-                       refined_boxes=stages["roi_refined"][:top])
+                       refined_boxes=to_pixels(stages["roi_refined_boxes"][0, shown], image_hw))
     title = f"Box head: top {len(class_ids)} object ROIs"
-    details = (f"the best {len(class_ids)} of the {len(stages['roi_class_ids'])} of "
-               f"{len(stages['proposals'])} proposals classified as objects, by class score. "
-               "Dashed: proposal; solid: refined by its class's deltas and clipped to the image "
-               "window; label: class score")
+    details = (f"the best {len(class_ids)} of the {len(objects)} of {int(proposals.sum())} "
+               "proposals classified as objects, by class score. Dashed: proposal; solid: "
+               "refined by its class's deltas and clipped to the image window; label: class "
+               "score")
     return Picture(ROIS, drawn, title, details)
 
 
@@ -403,10 +370,10 @@ def detection_target_picture(canvas, rois, class_ids, deltas, masks, config, cla
 
 
 @torch.inference_mode()
-def dataset_pictures(model, dataset, index, outputs, class_names, seed):
+def dataset_pictures(model, dataset, index, stages, class_names, seed):
     """Pictures of the ground truth and the training targets of dataset image `index`, sampled
-    with `seed`; `outputs` are model.infer's on the same image (the training proposals are made
-    from its RPN outputs)."""
+    with `seed`; `stages` are model.run_stages' of the same image (the training proposals are
+    made from its RPN outputs)."""
     from mrcnn.training import TrainingModel
 
     config = model.config
@@ -417,7 +384,8 @@ def dataset_pictures(model, dataset, index, outputs, class_names, seed):
     trainer = TrainingModel(model)
     generator = torch.Generator(device=device).manual_seed(seed)
     match, rpn_deltas, targets = trainer.targets(
-        outputs["rpn_class"], outputs["rpn_bbox"], batch["gt_class_ids"].to(device),
+        torch.from_numpy(stages["rpn_class"]).to(device),
+        torch.from_numpy(stages["rpn_bbox"]).to(device), batch["gt_class_ids"].to(device),
         batch["gt_boxes"].to(device), batch["gt_masks"].to(device), image_hw, generator)
     return ([ground_truth_picture(sample, config, class_names)]
             + rpn_target_pictures(canvas, trainer.anchors_in_pixels(image_hw, device), match[0],
@@ -431,14 +399,15 @@ def inspect_pictures(model, image, top, class_names, dataset=None, index=None, s
     """Every Picture of the inference graph on one [H, W, 3] uint8 RGB image and, for image
     `index` of a dataset, of its ground truth and training targets."""
     config = model.config
-    stages = network_stages(model, image, top)
-    canvas = stages["canvas"]
-    pictures = (anchor_pictures(canvas, stages["anchors"], config)
+    stages = model.run_stages([image])
+    canvas = molded_display(stages["molded_images"][0], config.MEAN_PIXEL)
+    anchors = to_pixels(stages["anchors"][0], canvas.shape[:2])
+    pictures = (anchor_pictures(canvas, anchors, config)
                 + proposal_pictures(canvas, stages, config, top)
                 + [roi_picture(canvas, stages, class_names, top),
-                   detection_picture(image, stages["result"], model, class_names)])
+                   detection_picture(image, image_result(stages, 0), model, class_names)])
     if dataset is not None:
-        pictures += dataset_pictures(model, dataset, index, stages["outputs"], class_names, seed)
+        pictures += dataset_pictures(model, dataset, index, stages, class_names, seed)
     return pictures
 
 
@@ -477,7 +446,8 @@ def check_arguments(args, parser):
 
 def open_dataset(directory, split):
     try:
-        return CocoDataset(*coco_layout(directory, split))
+        return coco.open_dataset(*coco_layout(directory, split),
+                                 lambda line: print(f"warning: {line}", file=sys.stderr))
     except DatasetError as error:
         raise CliError(str(error)) from None
 
@@ -499,7 +469,7 @@ def read_dataset_image(dataset, index):
         return dataset.load_image(index)
     except FileNotFoundError:
         raise
-    except (DatasetError, OSError) as error:
+    except (DatasetError, ImageLoadError, OSError) as error:
         raise CliError(error_message(error)) from None
 
 

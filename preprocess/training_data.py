@@ -5,24 +5,25 @@ Every random choice of a sample (flip, crop position, which instances to keep pa
 MAX_GT_INSTANCES) comes from a generator seeded by (seed, draw), where `draw` numbers the samples
 of a run in order. The same run therefore sees the same samples however many workers load them,
 and a resumed run continues the sequence exactly.
+
+An image that cannot be processed is replaced by the next one of the dataset, and the sample
+says so (its "skipped" list), so that the training loop can report and count such images
+whatever process loaded them.
 """
-import logging
 import random
 
 import numpy as np
 import torch
 
-from preprocess.coco import DatasetError
-from preprocess.images import ImageLoadError
-from preprocess.masks import extract_bboxes, minimize_mask, resize_mask
+from mrcnn.cli import error_message
 from mrcnn.molding import compose_image_meta, mold_image, resize_image
+from preprocess.coco import DatasetError
+from preprocess.images import IMAGE_ERRORS, check_resizable
+from preprocess.masks import extract_bboxes, minimize_mask, resize_mask
 
-logger = logging.getLogger(__name__)
-
-# How many images in a row may fail to load before loading stops with an error.
-MAX_CONSECUTIVE_FAILURES = 5
-# What a broken image file or annotation raises.
-LOAD_ERRORS = (OSError, DatasetError, ImageLoadError)
+# What an image that cannot be processed raises: unreadable, over the dataset's pixel budget, too
+# thin for the resize mode (IMAGE_ERRORS), or another size than the annotation file gives.
+LOAD_ERRORS = (*IMAGE_ERRORS, DatasetError)
 
 
 def load_image_gt(dataset, index, config, flip=False, rng=None):
@@ -39,6 +40,7 @@ def load_image_gt(dataset, index, config, flip=False, rng=None):
     """
     rng = rng if rng is not None else np.random.default_rng()
     image = dataset.load_image(index)
+    check_resizable(image.shape, config, dataset.image_info(index).path)
     masks, class_ids = dataset.load_mask(index)
     original_shape = image.shape
     crop_rng = random.Random(int(rng.integers(2 ** 63)))
@@ -79,9 +81,10 @@ class TrainingSamples(torch.utils.data.Dataset):
     DrawSampler yields them.
 
     Flips each sample left-right with probability 1/2 when `augment`. An image that cannot be
-    loaded (corrupt file, broken annotation) is reported with a warning and replaced by the next
-    image of the dataset; after MAX_CONSECUTIVE_FAILURES failures in a row loading stops with an
-    error.
+    processed (LOAD_ERRORS) is replaced by the next image of the dataset that can, and the
+    sample's "skipped" entry lists each image passed over as a line naming it and saying why.
+    When no image of the dataset can be processed the sample is {"error": why} instead; collate
+    passes both on, for the training loop to report.
     """
 
     def __init__(self, dataset, config, augment=True, seed=0):
@@ -100,18 +103,18 @@ class TrainingSamples(torch.utils.data.Dataset):
         index, draw = item
         rng = np.random.default_rng([self.seed, draw])
         flip = self.augment and rng.random() < 0.5
-        failures = []
-        while True:
+        skipped = []
+        for _ in range(len(self.dataset)):
             try:
-                return load_image_gt(self.dataset, index, self.config, flip, rng)
-            except LOAD_ERRORS as error:
-                path = self.dataset.image_info(index).path
-                failures.append(f"{path}: {error}")
-                logger.warning("skipping image %d (%s): %s", index, path, error)
-                if len(failures) >= MAX_CONSECUTIVE_FAILURES:
-                    raise RuntimeError(f"{len(failures)} images in a row failed to load:\n  "
-                                       + "\n  ".join(failures)) from error
+                sample = load_image_gt(self.dataset, index, self.config, flip, rng)
+            except LOAD_ERRORS as error:  # raised before rng is drawn from
+                skipped.append(error_message(error))
                 index = (index + 1) % len(self.dataset)
+                continue
+            sample["skipped"] = skipped
+            return sample
+        return {"error": f"no image of {self.dataset.annotation_json} can be processed; the "
+                         f"first: {skipped[0]}", "skipped": skipped}
 
 
 class DrawSampler(torch.utils.data.Sampler):
@@ -160,8 +163,12 @@ def collate(samples, mean_pixel):
 
     Returns a dict of tensors: images [B, 3, H, W] float32 molded, image_metas [B, META]
     float32, gt_class_ids [B, G] int64, gt_boxes [B, G, 4] int32, gt_masks [B, G, h, w] bool,
-    active_class_ids [B, NUM_CLASSES] float32.
+    active_class_ids [B, NUM_CLASSES] float32; and "skipped", the samples' skipped lines. When
+    a sample is an {"error": why} (TrainingSamples), the batch is that error alone.
     """
+    errors = [sample for sample in samples if "error" in sample]
+    if errors:
+        return errors[0]
     batch = len(samples)
     height = max(s["image"].shape[0] for s in samples)
     width = max(s["image"].shape[1] for s in samples)
@@ -187,4 +194,5 @@ def collate(samples, mean_pixel):
         "gt_boxes": torch.from_numpy(boxes),
         "gt_masks": torch.from_numpy(masks),
         "active_class_ids": metas[:, 12:],
+        "skipped": [line for sample in samples for line in sample.get("skipped", ())],
     }

@@ -9,13 +9,19 @@ DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 @pytest.fixture(scope="session", params=DEVICES)
 def device(request):
-    """Runs a test once per device: on the CPU always, on CUDA when a GPU is present."""
+    """Runs a test once per device: on the CPU always, on CUDA when a GPU is present.
+
+    The CUDA device carries its index (cuda:0), as the tensors made on it do, so that
+    `tensor.device == device` holds."""
+    if request.param == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device(request.param)
 
 
 @pytest.fixture(scope="session")
 def reference_weights(request):
-    """The public_r50_256 Keras reference weights (.h5), regenerated once into pytest's cache."""
+    """The public_r50_256 Keras reference weights (.h5), regenerated once into pytest's cache by
+    convert_weights.synthetic (safe when pytest-xdist workers ask for it at the same time)."""
     from tests.reference import ReferenceCase
 
     return ReferenceCase("public_r50_256").weights(request.config.cache.mkdir("reference-weights"))

@@ -1,14 +1,13 @@
-"""Access to the Keras reference cases in ../shared/reference (see its README)."""
+"""Access to the Keras reference cases in tests/data/reference (see its README)."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT.parent / "shared" / "reference"
+from convert_weights.synthetic import write_synthetic_weights
+
+REFERENCE = Path(__file__).resolve().parent / "data" / "reference"
+PUBLIC_CASE = REFERENCE / "public_r50_256"
 
 
 class ReferenceCase:
@@ -27,12 +26,11 @@ class ReferenceCase:
                 for entry in self.info["images"]]
 
     def weights(self, cache_dir):
-        """Regenerates the case's .h5 with the shared script (once per cache directory)."""
+        """The case's .h5, regenerated with convert_weights.synthetic once per cache directory.
+
+        Safe under pytest-xdist: workers that miss the file at the same time each write their own
+        temporary file and rename it into place; the files are identical."""
         path = Path(cache_dir) / f"{self.name}_seed{self.info['seed']}.h5"
         if not path.exists():
-            partial = path.with_suffix(".h5.partial")
-            subprocess.run([sys.executable, "make_reference_weights.py", self.info["manifest"],
-                            str(self.info["seed"]), str(partial)],
-                           cwd=REFERENCE, check=True, stdout=subprocess.DEVNULL)
-            os.replace(partial, path)
+            write_synthetic_weights(Path(self.info["manifest"]).stem, self.info["seed"], path)
         return path

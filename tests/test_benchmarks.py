@@ -11,9 +11,9 @@ import pytest
 from benchmarks import inference
 from benchmarks import matterport_tf
 from preprocess.images import load_image
+from tests.reference import PUBLIC_CASE
 
-REFERENCE_IMAGE = (Path(__file__).resolve().parents[1] / ".." / "shared" / "reference"
-                   / "public_r50_256" / "input_0_astronaut.png")
+REFERENCE_IMAGE = PUBLIC_CASE / "input_0_astronaut.png"
 
 # Stand-ins for the lines of Matterport's files that the edits touch (not Matterport's code).
 FAKE_MODEL = """import keras

@@ -9,8 +9,9 @@ from mrcnn.weights import WeightsError
 from mrcnn import cli, weights
 from mrcnn.config import COCO_CLASS_NAMES, CocoConfig, Config
 from mrcnn.weights import DownloadError
+from tests.reference import PUBLIC_CASE
 
-REFERENCE_CONFIG = "../shared/reference/public_r50_256/config.json"
+REFERENCE_CONFIG = str(PUBLIC_CASE / "config.json")
 
 
 def closed_port_url():

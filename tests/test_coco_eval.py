@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch.distributed as dist
+from PIL import Image
 import torch.multiprocessing as mp
 from pycocotools.coco import COCO
 
@@ -257,21 +258,39 @@ def test_missing_images_are_named_before_any_detection(dataset_files, tmp_path):
         coco_eval.check_images(dataset, coco_eval.select_images(dataset, limit=6))
 
 
-def test_corrupt_image_is_named_and_earlier_results_survive(dataset_files, tmp_path):
+def test_images_that_cannot_be_processed_are_skipped(dataset_files, tmp_path, capsys):
     image_dir = tmp_path / "images"
     image_dir.mkdir()
     for name in sorted(os.listdir(dataset_files[1])):
         os.link(os.path.join(dataset_files[1], name), image_dir / name)
-    out_dir = tmp_path / "out"
     model = LookupModel(ground_truth_results(*dataset_files))
-    evaluate_quietly(model, CocoDataset(dataset_files[0], image_dir), out_dir=out_dir)
-    before = {name: (out_dir / name).read_bytes() for name in os.listdir(out_dir)}
-
     os.unlink(image_dir / "000004.png")
     (image_dir / "000004.png").write_bytes(b"not a png")
-    with pytest.raises(DatasetError, match="000004.png is not a readable image"):
-        evaluate_quietly(model, CocoDataset(dataset_files[0], image_dir), out_dir=out_dir)
-    assert {name: (out_dir / name).read_bytes() for name in os.listdir(out_dir)} == before
+    os.unlink(image_dir / "000002.png")
+    Image.fromarray(np.zeros((SIZE, SIZE + 1, 3), np.uint8)).save(image_dir / "000002.png")
+    out_dir = tmp_path / "out"
+    summary = evaluate_quietly(model, CocoDataset(dataset_files[0], image_dir), out_dir=out_dir)
+    err = capsys.readouterr().err
+    assert f"warning: skipped {image_dir / '000004.png'}: not a readable image" in err
+    assert f"warning: skipped {image_dir / '000002.png'} is 96x97 pixels but" in err
+    # The other images are scored, against their own ground truth only.
+    assert summary["image_count"] == IMAGES - 2
+    assert summary["bbox"]["AP"] == pytest.approx(1.0) and summary["segm"]["AR100"] == 1.0
+    assert [(entry["image_id"], os.path.basename(entry["file"]))
+            for entry in summary["skipped_images"]] == [(IMAGE_IDS[2], "000002.png"),
+                                                         (IMAGE_IDS[4], "000004.png")]
+    assert "not a readable image" in summary["skipped_images"][1]["reason"]
+    assert json.loads((out_dir / "summary.json").read_text()) == summary
+    assert summary["dataset_repairs"] == {
+        "clipped": 0, "skipped": {"unreadable": 0, "degenerate": 0, "empty": 0}}
+
+
+def test_no_image_that_can_be_processed_is_an_error(dataset_files, tmp_path):
+    dataset = CocoDataset(*dataset_files, max_pixels=SIZE * SIZE - 1)
+    with pytest.raises(DatasetError, match="none of the 6 images to evaluate in .* could be "
+                                           "processed"):
+        evaluate_quietly(LookupModel({}), dataset, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_bad_arguments(dataset):

@@ -2,13 +2,10 @@
 
 References are independent of the converter: numpy implementations of the Keras layers applied
 to the raw h5 arrays, element indices of the documented layouts, and the manifests of
-Matterport's HDF5 layout (../shared/reference/manifests) with files written by the shared
-make_reference_weights.py.
+Matterport's HDF5 layout (convert_weights/manifests) with the public reference case's file,
+written by convert_weights.synthetic.
 """
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -21,11 +18,11 @@ import convert_weights.reader
 import mrcnn.weights
 from convert_weights import convert, read_keras_weights
 from convert_weights.__main__ import main as cli_main
+from convert_weights.synthetic import load_manifest
 from mrcnn.config import Config
 from mrcnn.weights import (MaskIoUHeadNotInFileWarning, WeightsError, checkpoint_config,
                            load_weights, save_weights)
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 KERAS_BN_EPS = 1e-3
 RNG = np.random.default_rng(0)
 
@@ -79,11 +76,6 @@ def load_into(layers, state):
     assert all(key.endswith("num_batches_tracked") for key in result.missing_keys)
 
 
-def manifest(name):
-    with open(REFERENCE / "manifests" / f"{name}.json") as f:
-        return json.load(f)
-
-
 def stand_in_layers(manifest_data):
     """{Keras layer: torch module} with the manifest's shapes, built from the dataset kinds."""
     layers = {}
@@ -111,7 +103,8 @@ class StandInModel(nn.Module):
         super().__init__()
         self.config = config
         if layers is None:
-            layers = stand_in_layers(manifest(f"mrcnn_{config.BACKBONE}_nc{config.NUM_CLASSES}"))
+            name = f"mrcnn_{config.BACKBONE}_nc{config.NUM_CLASSES}"
+            layers = stand_in_layers(load_manifest(name))
         self.layers = nn.ModuleDict(layers)
         self.maskiou_head = nn.Sequential(nn.Conv2d(257, 4, 3), nn.Linear(4, config.NUM_CLASSES))
 
@@ -139,13 +132,9 @@ def tiny_h5(path):
 
 
 @pytest.fixture(scope="session")
-def r50_h5(tmp_path_factory):
-    """Matterport's layout for ResNet-50 with 4 classes, written by the shared script."""
-    path = tmp_path_factory.mktemp("weights") / "mrcnn_resnet50_nc4.h5"
-    subprocess.run([sys.executable, str(REFERENCE / "make_reference_weights.py"),
-                    str(REFERENCE / "manifests" / "mrcnn_resnet50_nc4.json"), "1", str(path)],
-                   check=True, capture_output=True)
-    return path
+def r50_h5(reference_weights):
+    """Matterport's layout for ResNet-50 with 4 classes: the public reference case's weights."""
+    return reference_weights
 
 
 @pytest.fixture(scope="session")
@@ -155,7 +144,7 @@ def r50_weights(r50_h5):
 
 @pytest.fixture(scope="session")
 def r50_layers():
-    return stand_in_layers(manifest("mrcnn_resnet50_nc4"))
+    return stand_in_layers(load_manifest("mrcnn_resnet50_nc4"))
 
 
 @pytest.fixture(scope="session")
@@ -265,7 +254,7 @@ def test_nested_rpn_model_group(tmp_path, scope):
 # ----------------------------------------------------------------------------- the full layout
 
 def test_reference_file_read_matches_manifest(r50_h5, r50_weights):
-    layout = manifest("mrcnn_resnet50_nc4")
+    layout = load_manifest("mrcnn_resnet50_nc4")
     expected = {}
     with h5py.File(r50_h5, "r") as f:
         for group in layout["groups"]:
@@ -281,7 +270,7 @@ def test_reference_file_read_matches_manifest(r50_h5, r50_weights):
 
 
 def test_reference_file_converts_strictly(r50_h5, r50_state, r50_layers):
-    layout = manifest("mrcnn_resnet50_nc4")
+    layout = load_manifest("mrcnn_resnet50_nc4")
     state = r50_state
     assert len(state) == layout["num_weight_datasets"]
     assert sum(t.numel() for t in state.values()) == layout["num_parameters"]
@@ -431,7 +420,7 @@ def test_backbone_only_file(r50_weights, r50_layers):
 
 
 def test_class_count_mismatch(r50_weights):
-    layers = stand_in_layers(manifest("mrcnn_resnet50_nc81"))
+    layers = stand_in_layers(load_manifest("mrcnn_resnet50_nc81"))
     message = conversion_error(r50_weights, layers)
     assert "the file has 4 classes, the config 81" in message
     assert "shape mismatches (6)" in message
@@ -440,7 +429,7 @@ def test_class_count_mismatch(r50_weights):
 
 
 def test_backbone_mismatch(r50_weights):
-    layers = stand_in_layers(manifest("mrcnn_resnet101_nc4"))
+    layers = stand_in_layers(load_manifest("mrcnn_resnet101_nc4"))
     message = conversion_error(r50_weights, layers)
     assert "the file is a resnet50 backbone, the config resnet101" in message
     # ResNet-101 has 17 more res4 blocks of 3 convs and 3 batch norms each.
@@ -636,7 +625,7 @@ def test_cli_failure_writes_nothing(tmp_path, r50_h5, fake_network, capsys):
 def test_cli_says_when_the_file_does_not_tell_the_settings(tmp_path, fake_network, capsys):
     tiny_h5(tmp_path / "w.h5")
     assert cli_main([str(tmp_path / "w.h5"), str(tmp_path / "w.pth"), "--num-classes", "4"]) == 1
-    assert "cannot tell BACKBONE from the file; pass --backbone or --config" in \
+    assert f"cannot tell BACKBONE from {tmp_path / 'w.h5'}; pass --backbone or --config" in \
         capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.h5"]
 

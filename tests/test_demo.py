@@ -15,10 +15,12 @@ import demo
 from mrcnn import cli, weights
 from mrcnn.config import Config
 from postprocess.visualize import draw_instances
+from tests.reference import PUBLIC_CASE
 from tests.test_cli import closed_port_url
+from tests.test_image_limits import png_bomb
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = Path("../shared/reference/public_r50_256")
+REFERENCE = PUBLIC_CASE
 
 
 def touch(path, data=b"x"):
@@ -114,11 +116,18 @@ def test_write_outputs_zero_detections(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--min-score", "1.5"], "--min-score must be in [0, 1]"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--max-pixels", "-3"], "--max-pixels: expected a pixel count >= 0, got '-3'"),
+    (["--max-pixels", "many"], "--max-pixels: expected a pixel count >= 0, got 'many'"),
 ])
 def test_bad_options_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
         demo.main(argv)
     assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_max_pixels_zero_lifts_the_budget():
+    assert demo.build_parser().parse_args(["--max-pixels", "0"]).max_pixels is None
+    assert demo.build_parser().parse_args([]).max_pixels == 2 ** 27
 
 
 def test_no_images_is_an_error(tmp_path, capsys):
@@ -162,7 +171,8 @@ def test_offline_without_weights_says_how_to_pass_them(tmp_path, monkeypatch, ca
 def test_help_names_every_option():
     text = demo.build_parser().format_help()
     for option in ("IMAGES", "--weights", "--config", "--out", "--json", "--device",
-                   "--min-score", "--batch-size", "samples/"):
+                   "--min-score", "--batch-size", "samples/", "--max-pixels", "decompression bombs",
+                   "exit status is\nthen 1"):
         assert option in text
 
 
@@ -189,14 +199,24 @@ def test_end_to_end_with_the_reference_weights(tmp_path, reference_weights,
     keep = expected["scores"] >= min_score
     assert 3 <= keep.sum() < len(scores)
 
+    # Bad inputs, in the same batches as the good image: each is reported and skipped.
     broken = touch(tmp_path / "in" / "broken.jpg", b"\xff\xd8 not really a jpeg")
+    thin = touch(tmp_path / "in" / "thin.png",
+                 cv2.imencode(".png", np.zeros((2, 3000), np.uint8))[1])
+    bomb = touch(tmp_path / "in" / "bomb.png", png_bomb(24000))
     out = tmp_path / "out"
-    status = demo.main([str(image_path), str(broken), "--weights", str(reference_weights),
+    status = demo.main([str(broken), str(image_path), str(thin), str(bomb),
+                        "--weights", str(reference_weights),
                         "--config", str(fast_reference_config), "--out", str(out), "--json",
                         "--min-score", str(min_score), "--device", "cpu", "--batch-size", "2"])
     captured = capsys.readouterr()
-    assert status == 1                                     # the broken input is reported ...
+    assert status == 1                                     # the bad inputs are reported ...
     assert f"error: skipped {broken}: not a readable image" in captured.err
+    assert f"error: skipped {thin}: a 2x3000 image scaled by" in captured.err
+    assert "too thin for this resize mode" in captured.err
+    assert f"error: skipped {bomb}: 24000x24000 pixels (576,000,000) is more than the limit" \
+        in captured.err
+    assert "error: skipped 3 input(s) (see above); the other images were written" in captured.err
     assert sorted(p.name for p in out.iterdir()) == [       # ... and the other image written
         "input_0_astronaut.json", "input_0_astronaut.png"]
     assert f"{image_path}: {keep.sum()} instances (" in captured.out

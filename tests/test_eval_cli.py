@@ -6,7 +6,9 @@ import json
 import os
 import re
 import socket
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,7 @@ from pycocotools.cocoeval import COCOeval
 
 import eval as eval_script
 from preprocess import synthetic
+from tests.bad_inputs import write_shapes, write_tiny_model
 from tests.reference import ReferenceCase
 
 CASE = ReferenceCase("public_r50_256")
@@ -99,10 +102,20 @@ def test_inputs_are_checked_before_the_model_is_built(shapes, tmp_path, capsys):
     malformed = json.loads((shapes / "annotations" / "instances_val.json").read_text())
     malformed["annotations"][1]["bbox"] = [1, 2, 3]
     (tmp_path / "malformed.json").write_text(json.dumps(malformed))
-    err = error_of(["--annotations", tmp_path / "malformed.json", "--images", shapes / "val"]
-                   + common)
+    err = error_of(["--annotations", tmp_path / "malformed.json", "--images", shapes / "val",
+                    "--strict"] + common)
     assert f"annotation {malformed['annotations'][1]['id']}: bbox must be [x, y, width, height]" \
         in err
+    # Without --strict the annotation is skipped with a warning, and the next check fails.
+    code, _, err = run_eval(["--annotations", tmp_path / "malformed.json", "--images",
+                             shapes / "val", "--weights", weights, "--config", config,
+                             "--out", tmp_path / "out2"], capsys)
+    assert code == 2 and err.startswith(f"warning: {tmp_path / 'malformed.json'}: skipped 1 "
+                                        "annotation: 1 unreadable")
+    malformed["categories"][0]["name"] = None
+    (tmp_path / "malformed.json").write_text(json.dumps(malformed))
+    assert "category 1: name must be a string, got NoneType None" in error_of(
+        ["--annotations", tmp_path / "malformed.json", "--images", shapes / "val"] + common)
 
     partial = tmp_path / "partial"
     partial.mkdir()
@@ -198,3 +211,53 @@ def test_unreadable_weights_and_differing_class_names(shapes, tmp_path, capsys):
     # Case does not count; 'box' is not 'square'.
     assert "1 class names of the config differ" in err and "class 2: 'box' vs 'square'" in err
     assert f"eval.py: error: {weights}" in err
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny.pth")
+
+
+def test_messy_dataset_is_clipped_skipped_and_scored(tiny_model, tmp_path, capsys):
+    """Annotations that crashed or hung pycocotools, are degenerate, or reach past their image,
+    and images that cannot be processed: the evaluation runs, counts them and exits with 1."""
+    _, image_dir, data = write_shapes(tmp_path / "shapes")
+    image_dir = Path(image_dir)
+    annotations = data["annotations"]
+    first = annotations[0]
+    extra = [
+        {"segmentation": [[1, 2, None, 4, 5, 6]]},                       # crashed pycocotools
+        {"segmentation": [[1, 2, float("nan"), 4, 5, 6]]},
+        {"segmentation": {"size": [64, 64], "counts": "05"}},           # hung pycocotools
+        {"segmentation": {"size": [64, 64], "counts": "0e"}},
+        {"segmentation": []},                                             # degenerate
+        {"segmentation": [[10, 10, 20, 20]]},
+        {"segmentation": [[5, 5, 1e300, 5, 30, 40]], "bbox": [5, 5, 62, 35]},  # clipped
+    ]
+    annotations += [dict(first, id=1000 + number, **change) for number, change in enumerate(extra)]
+    # Two images that cannot be processed: unreadable, and too thin for the 128 px square.
+    data["images"] += [{"id": 50, "file_name": "broken.png", "height": 64, "width": 64},
+                       {"id": 51, "file_name": "thin.png", "height": 2, "width": 3000}]
+    (image_dir / "broken.png").write_bytes(b"junk")
+    cv2.imwrite(str(image_dir / "thin.png"), np.zeros((2, 3000), np.uint8))
+    messy = tmp_path / "messy.json"
+    messy.write_text(json.dumps(data))
+    out_dir = tmp_path / "out"
+    code, out, err = run_eval(["--annotations", messy, "--images", image_dir, "--weights",
+                               tiny_model, "--device", "cpu", "--out", out_dir, "--quiet",
+                               "--mask-score", "cls"], capsys)
+    assert code == 1
+    assert err.startswith(f"warning: {messy}: clipped 1 annotation to their image (box or "
+                          "polygons past the border: 1006); skipped 6 annotations: 4 unreadable "
+                          "(annotation 1000: polygon coordinates must be numbers, got None; also "
+                          "1001, 1002, 1003); 2 degenerate (annotation 1004: ")
+    assert f"warning: skipped {image_dir / 'broken.png'}: not a readable image" in err
+    assert f"warning: skipped {image_dir / 'thin.png'}: a 2x3000 image" in err
+    assert err.rstrip().endswith("eval.py: error: skipped 2 of the 5 images (see above and "
+                                 "summary.json); the scores are those of the others")
+    assert "COCO segm on 3 images" in out
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["image_count"] == 3 and len(summary["skipped_images"]) == 2
+    assert summary["dataset_repairs"] == {
+        "clipped": 1, "skipped": {"unreadable": 4, "degenerate": 2, "empty": 0}}
+    assert summary["detections"] > 0 and 0 <= summary["segm"]["AP"] <= 1

@@ -2,7 +2,6 @@
 reference), the box drawing primitives (against hand-computed pixels) and the command end to end
 with the reference weights."""
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,8 +19,9 @@ from postprocess import inspect
 from postprocess.visualize import (draw_boxes, draw_caption, instance_colors, score_colors,
                                    write_png)
 from mrcnn.molding import resize_image
+from tests.reference import PUBLIC_CASE
 
-REFERENCE = Path("../shared/reference/public_r50_256")
+REFERENCE = PUBLIC_CASE
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
 
@@ -35,46 +35,46 @@ def ref_config():
     return Config.from_json(REFERENCE / "config.json")
 
 
-# The stage methods the pictures read, fed the reference's own inputs.
+# What the pictures read of the proposal and detection layers, fed the reference's own inputs.
 
-def test_top_anchors_are_the_best_scored_anchors_refined(ref, ref_config):
-    layer = ProposalLayer(ref_config.PRE_NMS_LIMIT, ref_config.RPN_NMS_THRESHOLD,
-                          ref_config.RPN_BBOX_STD_DEV)
-    probs, deltas = torch.from_numpy(ref["rpn_class"]), torch.from_numpy(ref["rpn_bbox"])
-    scores, index, boxes = layer.top_anchors(probs, deltas, torch.from_numpy(ref["anchors"][0]),
-                                             6000)
+def reference_proposals(ref, config):
+    layer = ProposalLayer(config.PRE_NMS_LIMIT, config.RPN_NMS_THRESHOLD, config.RPN_BBOX_STD_DEV)
+    return layer.propose(torch.from_numpy(ref["rpn_class"]), torch.from_numpy(ref["rpn_bbox"]),
+                         torch.from_numpy(ref["anchors"][0]), 1000)
+
+
+def test_proposal_candidates_are_the_best_scored_anchors_refined(ref, ref_config):
+    proposals = reference_proposals(ref, ref_config)
     foreground = ref["rpn_class"][0, :, 1]
     expected = np.argsort(-foreground, kind="stable")[:6000]  # ties: lower anchor first
-    np.testing.assert_array_equal(index[0].numpy(), expected)
-    np.testing.assert_array_equal(scores[0].numpy(), foreground[expected])
+    np.testing.assert_array_equal(proposals.candidate_ids[0].numpy(), expected)
+    np.testing.assert_array_equal(proposals.candidate_scores[0].numpy(), foreground[expected])
     # Every proposal is one of these refined anchors, refined as Keras refined it.
     anchor_ids = ref["rpn_roi_anchor_ids"][0]
     used = anchor_ids >= 0
     position = np.searchsorted(np.sort(expected), anchor_ids[used])
     rows = np.argsort(expected)[position]
     np.testing.assert_array_equal(expected[rows], anchor_ids[used])
-    np.testing.assert_allclose(boxes[0, rows].numpy(), ref["rpn_rois"][0, used], rtol=0,
-                               atol=1e-6)
+    np.testing.assert_allclose(proposals.candidate_boxes[0, rows].numpy(),
+                               ref["rpn_rois"][0, used], rtol=0, atol=1e-6)
 
 
-def test_scored_proposals_carry_their_anchor_scores(ref, ref_config):
-    layer = ProposalLayer(ref_config.PRE_NMS_LIMIT, ref_config.RPN_NMS_THRESHOLD,
-                          ref_config.RPN_BBOX_STD_DEV)
-    proposals, scores = layer.scored_proposals(
-        torch.from_numpy(ref["rpn_class"]), torch.from_numpy(ref["rpn_bbox"]),
-        torch.from_numpy(ref["anchors"][0]), 1000)
-    np.testing.assert_allclose(proposals.numpy(), ref["rpn_rois"], rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(scores.numpy(), ref["rpn_roi_scores"])
+def test_proposals_carry_their_anchor_and_its_score(ref, ref_config):
+    proposals = reference_proposals(ref, ref_config)
+    np.testing.assert_allclose(proposals.rois.numpy(), ref["rpn_rois"], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(proposals.scores.numpy(), ref["rpn_roi_scores"])
+    np.testing.assert_array_equal(proposals.anchor_ids.numpy(), ref["rpn_roi_anchor_ids"])
 
 
-def test_refine_is_each_roi_refined_by_its_best_class(ref, ref_config):
+def test_detections_come_with_each_roi_refined_by_its_best_class(ref, ref_config):
     layer = DetectionLayer(ref_config.BBOX_STD_DEV, ref_config.DETECTION_MIN_CONFIDENCE,
                            ref_config.DETECTION_NMS_THRESHOLD, 100)
     metas = torch.from_numpy(ref["image_metas"])
     windows = norm_boxes(metas[:, 7:11], metas[0, 4:6])
-    scores, class_ids, refined = layer.refine(
-        torch.from_numpy(ref["rpn_rois"]), torch.from_numpy(ref["mrcnn_class"]),
-        torch.from_numpy(ref["mrcnn_bbox"]), windows)
+    inputs = [torch.from_numpy(ref[name]) for name in ("rpn_rois", "mrcnn_class", "mrcnn_bbox")]
+    detected = layer.detect(*inputs, windows)
+    torch.testing.assert_close(detected.detections, layer(*inputs, windows), rtol=0, atol=0)
+    scores, class_ids, refined = detected.roi_scores, detected.roi_class_ids, detected.refined_rois
 
     probs = ref["mrcnn_class"][0].astype(np.float64)
     best = probs.argmax(axis=1)
@@ -365,9 +365,9 @@ def test_a_broken_dataset_image_is_reported(tmp_path, capsys, shapes):
     (copy / "val" / "000001.png").write_bytes(b"garbage")
     (copy / "val" / "000002.png").unlink()
     status, _, err = run(["--dataset", copy, "--split", "val", "--image-id", 1], capsys)
-    assert status == 1 and "000001.png is not a readable image" in err
+    assert status == 1 and "000001.png: not a readable image" in err
     status, _, err = run(["--dataset", copy, "--split", "val", "--image-id", 2], capsys)
-    assert status == 1 and "000002.png" in err and "No such file" in err
+    assert status == 1 and "000002.png" in err and "image file not found" in err
 
 
 # Ground truth and training targets.

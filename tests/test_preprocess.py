@@ -2,7 +2,6 @@
 values and the Keras reference case."""
 import io
 import random
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,8 +16,9 @@ from mrcnn.images import ImageLoadError, to_rgb_uint8
 from mrcnn.molding import (compose_image_meta, mold_image, mold_inputs, molded_shape,
                            parse_image_meta, resize, resize_batch, resize_image)
 from preprocess.images import load_image
+from tests.reference import PUBLIC_CASE
 
-REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "public_r50_256"
+REFERENCE = PUBLIC_CASE
 MEAN_PIXEL = [123.7, 116.8, 103.9]
 
 

@@ -1,4 +1,4 @@
-"""The port against the Keras reference (../shared/reference/public_r50_256).
+"""The port against the Keras reference (tests/data/reference/public_r50_256).
 
 Stage by stage (each stage fed the reference's own inputs) and end to end, within the tolerances
 the reference README gives as achievable for a float32 port.
@@ -124,6 +124,38 @@ def test_end_to_end_proposals_and_heads(stages):
     assert matched.sum() >= 995
     assert_close_to_scale(stages["mrcnn_class"][0][nearest[matched]], REF["mrcnn_class"][0][matched])
     assert_close_to_scale(stages["mrcnn_bbox"][0][nearest[matched]], REF["mrcnn_bbox"][0][matched])
+
+
+def test_end_to_end_proposal_anchors_and_scores(stages):
+    nearest, matched = match_rows(stages["rpn_rois"][0], REF["rpn_rois"][0])
+    np.testing.assert_array_equal(stages["rpn_roi_anchor_ids"][0][nearest[matched]],
+                                  REF["rpn_roi_anchor_ids"][0][matched])
+    assert_close_to_scale(stages["rpn_roi_scores"][0][nearest[matched]],
+                          REF["rpn_roi_scores"][0][matched])
+
+
+def test_stages_say_how_proposals_and_detections_were_chosen(stages):
+    # Each proposal is the NMS candidate of its anchor, with the candidate's score.
+    candidates = stages["rpn_candidate_ids"][0]
+    assert len(candidates) == 6000 and (np.diff(stages["rpn_candidate_scores"][0]) <= 0).all()
+    anchor_ids = stages["rpn_roi_anchor_ids"][0]
+    used = anchor_ids >= 0
+    rows = np.argsort(candidates)[np.searchsorted(np.sort(candidates), anchor_ids[used])]
+    np.testing.assert_array_equal(candidates[rows], anchor_ids[used])
+    np.testing.assert_array_equal(stages["rpn_candidate_boxes"][0][rows],
+                                  stages["rpn_rois"][0][used])
+    np.testing.assert_array_equal(stages["rpn_candidate_scores"][0][rows],
+                                  stages["rpn_roi_scores"][0][used])
+    # Each detection is a proposal refined for its best class, with that class's probability.
+    np.testing.assert_array_equal(stages["roi_class_ids"][0], stages["mrcnn_class"][0].argmax(1))
+    np.testing.assert_array_equal(stages["roi_scores"][0], stages["mrcnn_class"][0].max(1))
+    detections = stages["detections"][0]
+    detections = detections[detections[:, 4] > 0]
+    refined = stages["roi_refined_boxes"][0]
+    rows = np.abs(refined[None] - detections[:, None, :4]).max(axis=2).argmin(axis=1)
+    np.testing.assert_array_equal(refined[rows], detections[:, :4])
+    np.testing.assert_array_equal(stages["roi_class_ids"][0][rows], detections[:, 4])
+    np.testing.assert_array_equal(stages["roi_scores"][0][rows], detections[:, 5])
 
 
 def test_end_to_end_detections(stages):

@@ -4,12 +4,14 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import socket
 
 import numpy as np
 import pytest
 import torch
 
+import eval as eval_script
 import train
 from mrcnn.config import Config
 from mrcnn.detector import MaskScoringRCNN
@@ -272,3 +274,61 @@ def test_config_must_fit_the_dataset_and_a_used_run_dir_is_not_overwritten(shape
     (tmp_path / "b" / "epoch_0001.pth").write_bytes(b"")
     assert train.main(train_args(shapes, tmp_path / "b", "--epochs", "2")) == 1
     assert "already holds checkpoints" in capsys.readouterr().err
+
+
+def messy_copy(shapes, tmp_path):
+    """A copy of the shapes data whose val annotations need clipping and skipping, and whose
+    second training image is unreadable."""
+    root = tmp_path / "messy"
+    shutil.copytree(shapes / "data", root)
+    path = root / "annotations" / "instances_val.json"
+    data = json.loads(path.read_text())
+    first = data["annotations"][0]
+    data["annotations"] += [dict(first, id=900, segmentation=[[1, 2, None, 4, 5, 6]]),
+                            dict(first, id=901, segmentation=[[3, 4]]),
+                            dict(first, id=902, bbox=[10, 10, 57, 5])]
+    path.write_text(json.dumps(data))
+    (root / "train" / "000002.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return root
+
+
+def test_train_and_eval_report_the_same_repairs(shapes, tmp_path, capsys):
+    data = messy_copy(shapes, tmp_path)
+    args = train_args(shapes, tmp_path / "run", "--epochs", "0")
+    args[args.index("--dataset") + 1] = str(data)
+    assert train.main(args) == 0
+    from_train = [line for line in capsys.readouterr().err.splitlines()
+                  if line.startswith("warning: ")]
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not weights")
+    with pytest.raises(SystemExit):
+        eval_script.main(["--dataset", str(data), "--split", "val", "--weights", str(junk),
+                          "--out", str(tmp_path / "eval")])
+    from_eval = [line for line in capsys.readouterr().err.splitlines()
+                 if line.startswith("warning: ")]
+    assert from_train == from_eval == [
+        f"warning: {data / 'annotations' / 'instances_val.json'}: clipped 1 annotation to their "
+        "image (box or polygons past the border: 902); skipped 2 annotations: 1 unreadable "
+        "(annotation 900: polygon coordinates must be numbers, got None); 1 degenerate "
+        "(annotation 901: no polygon with 3 or more points, segmentation [[3, 4]]) (--strict "
+        "refuses such files)"]
+    args.append("--strict")
+    assert train.main(args) == 1
+    assert "annotation 900: polygon coordinates must be numbers, got None (without --strict it " \
+           "is skipped)" in capsys.readouterr().err
+
+
+def test_an_unreadable_training_image_is_reported_once_and_replaced(shapes, tmp_path, capsys):
+    data = messy_copy(shapes, tmp_path)
+    args = train_args(shapes, tmp_path / "run", "--epochs", "1", "--steps-per-epoch", "3",
+                      "--val-split", "none", "--no-augment")
+    args[args.index("--dataset") + 1] = str(data)
+    assert train.main(args) == 1
+    err = capsys.readouterr().err
+    broken = data / "train" / "000002.png"
+    assert err.count(f"warning: skipped {broken}: not a readable image") == 1
+    assert "(the next image takes its place)" in err
+    assert err.rstrip().endswith("error: skipped 1 image(s) that could not be processed (see the "
+                                 "warnings above); training went on with the others")
+    assert len(read_metrics(tmp_path / "run")) == 3
+    assert (tmp_path / "run" / "epoch_0001.pth").exists()

@@ -1,6 +1,5 @@
 """Training samples (load_image_gt, flips, the draw sampler, collate) on a COCO set written here."""
 import json
-import logging
 
 import cv2
 import numpy as np
@@ -125,7 +124,7 @@ def test_class_count_must_match(dataset):
         TrainingSamples(dataset, config(NUM_CLASSES=5))
 
 
-def test_unreadable_image_is_reported_and_replaced(dataset, tmp_path, caplog):
+def test_images_that_cannot_be_processed_are_reported_and_replaced(dataset, tmp_path):
     broken = CocoDataset(dataset.annotation_json, dataset.image_dir)
     broken.image_dir = str(tmp_path)  # the same files, now corrupt
     for info in (broken.image_info(i) for i in range(len(broken))):
@@ -133,12 +132,28 @@ def test_unreadable_image_is_reported_and_replaced(dataset, tmp_path, caplog):
     good = tmp_path / "4.png"
     good.write_bytes(open(dataset.image_info(3).path, "rb").read())
     samples = TrainingSamples(broken, config(), augment=False)
-    with caplog.at_level(logging.WARNING):
-        sample = samples[(2, 0)]  # image 3 is corrupt: image 4 is loaded instead
-    assert sample["image_meta"][0] == 3 and "3.png" in caplog.text
-    good.write_bytes(b"not a png either")
-    with pytest.raises(RuntimeError, match="in a row failed to load"):
-        samples[(0, 0)]
+    sample = samples[(1, 0)]  # images 2 and 3 are corrupt: image 4 is loaded instead
+    assert sample["image_meta"][0] == 3
+    assert [line.split(": ")[0] for line in sample["skipped"]] == [
+        str(tmp_path / "2.png"), str(tmp_path / "3.png")]
+    assert "not a readable image" in sample["skipped"][0]
+    assert samples[(3, 0)]["skipped"] == []
+    # Over the pixel budget: even image 4 fails, so no image of the dataset can be processed.
+    broken.max_pixels = SIDE * SIDE - 1
+    failed = samples[(0, 0)]
+    assert failed["error"].startswith(f"no image of {broken.annotation_json} can be processed; "
+                                      f"the first: {tmp_path / '1.png'} (by its size in")
+    assert len(failed["skipped"]) == 4 and "4.png (by its size" in failed["skipped"][3]
+    batch = collate([sample, failed], [0, 0, 0])
+    assert batch == failed  # an error batch is the error alone
+
+
+def test_collate_passes_the_skipped_images_on(dataset):
+    samples = TrainingSamples(dataset, config(), augment=False)
+    first, second = samples[(0, 0)], samples[(3, 1)]
+    first["skipped"], second["skipped"] = ["a.png: broken"], ["b.png: broken", "c.png: thin"]
+    assert collate([first, second], [0, 0, 0])["skipped"] == [
+        "a.png: broken", "b.png: broken", "c.png: thin"]
 
 
 def test_draw_sampler_passes_epochs_and_ranks():

@@ -1,6 +1,5 @@
 """Unmolding detections and masks, checked against a numpy/skimage transcription of Matterport's
 unmold_detections + unmold_mask and against the Keras reference case."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +8,9 @@ from skimage.transform import resize as skimage_resize
 
 import mrcnn.unmold
 from mrcnn.unmold import unmold_detections, unmold_masks
+from tests.reference import PUBLIC_CASE
 
-REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "public_r50_256"
+REFERENCE = PUBLIC_CASE
 
 
 def matterport_unmold_mask(mask, box, image_hw):
