@@ -2,13 +2,15 @@
 reference model (ONNX run by onnxruntime, .pt2 run by AOTInductor, also in a process that has
 only torch and the mrcnn._C library) against the Keras reference and against detect().
 
-The exports take minutes on a CPU: one ONNX file (batch 2, through the command line) and one
-.pt2 package (batch 1) of the reference model are made once for the module.
+The exports take minutes on a CPU: one ONNX file (batch 1, through the command line) and one
+.pt2 package (batch 2) of the reference model are made once for the module.
 """
 import importlib.util
 import json
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,10 +20,11 @@ from mrcnn.cli import load_model
 from mrcnn.config import Config
 from mrcnn.export import ExportedModel, InferenceGraph, export_model, graph_inputs
 from mrcnn.export.__main__ import main as export_main
-from mrcnn.ops import batched_nms, nms
+from mrcnn.ops import batched_nms, nms, roi_align
 from tests.reference import ReferenceCase
 from tests.test_reference import assert_close_to_scale
 
+ROOT = Path(__file__).resolve().parents[1]
 CASE = ReferenceCase("public_r50_256")
 REF = CASE.outputs
 REFERENCE_INPUTS = ("molded_images", "image_metas", "anchors")
@@ -96,6 +99,31 @@ def test_onnx_nms_breaks_ties_by_index_and_suppresses_above_the_threshold(nms_se
     np.testing.assert_array_equal(kept[4], [0, 2])
 
 
+class RoIAligns(torch.nn.Module):
+    def forward(self, features, rois):
+        return (roi_align(features, rois, 7, spatial_scale=0.25, sampling_ratio=0, aligned=True),
+                roi_align(features, rois, (5, 3), spatial_scale=0.5, sampling_ratio=2,
+                          aligned=False))
+
+
+def test_onnx_roi_align_pools_what_roi_align_pools(tmp_path):
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(2, 8, 32, 40, generator=generator)
+
+    def rois(count):
+        corners = torch.rand(count, 4, generator=generator) * 150
+        corners[:, 2:] = corners[:, :2] + torch.rand(count, 2, generator=generator) * 80
+        images = torch.randint(0, 2, (count, 1), generator=generator).float()
+        return torch.cat([images, corners], dim=1)
+
+    session = onnx_session(RoIAligns(), (features, rois(20)), tmp_path / "roi_align.onnx",
+                           dynamic_shapes=(None, {0: torch.export.Dim("rois")}))
+    for count in (50, 1, 0):
+        inputs = (features, rois(count))
+        for actual, expected in zip(run_session(session, *inputs), RoIAligns()(*inputs)):
+            np.testing.assert_allclose(actual, expected.numpy(), rtol=0, atol=1e-6)
+
+
 class StableSorts(torch.nn.Module):
     def forward(self, values):
         return (*torch.sort(values, dim=1, descending=True, stable=True),
@@ -126,14 +154,15 @@ def onnx_file(reference_weights, tmp_path_factory):
     pytest.importorskip("onnxruntime")
     path = tmp_path_factory.mktemp("export") / "reference.onnx"
     status = export_main(["--weights", str(reference_weights), "--config", str(CASE.config_path),
-                          "--batch", "2", str(path)])
+                          str(path)])
     assert status == 0
     return path
 
 
 @pytest.fixture(scope="module")
 def pt2_file(model, tmp_path_factory):
-    return export_model(model, tmp_path_factory.mktemp("export") / "reference.pt2")
+    path = tmp_path_factory.mktemp("export") / "reference.pt2"
+    return export_model(model, path, batch_size=2)
 
 
 def reference_inputs(batch_size):
@@ -175,38 +204,58 @@ def test_onnx_file_has_standard_operators_and_matterports_signature(onnx_file):
         return {value.name: [dim.dim_value for dim in value.type.tensor_type.shape.dim]
                 for value in values}
 
-    assert shapes(graph.graph.input) == {"input_image": [2, 256, 256, 3],
-                                         "input_image_meta": [2, 16],
-                                         "input_anchors": [2, 16368, 4]}
-    assert shapes(graph.graph.output) == {"detections": [2, 100, 6],
-                                          "mrcnn_mask": [2, 100, 28, 28, 4],
-                                          "mask_iou": [2, 100, 4]}
+    assert shapes(graph.graph.input) == {"input_image": [1, 256, 256, 3],
+                                         "input_image_meta": [1, 16],
+                                         "input_anchors": [1, 16368, 4]}
+    assert shapes(graph.graph.output) == {"detections": [1, 100, 6],
+                                          "mrcnn_mask": [1, 100, 28, 28, 4],
+                                          "mask_iou": [1, 100, 4]}
 
 
 def test_onnx_gives_the_reference_outputs(onnx_file, model):
     exported = ExportedModel(onnx_file)
-    assert (exported.batch_size, exported.image_shape) == (2, (256, 256, 3))
+    assert (exported.batch_size, exported.image_shape) == (1, (256, 256, 3))
     assert exported.config == model.config
-    outputs = exported.run(*reference_inputs(2))
-    assert_matches_reference(outputs, 2)
+    outputs = exported.run(*reference_inputs(1))
+    assert_matches_reference(outputs, 1)
     with torch.no_grad():
-        eager = InferenceGraph(model)(*[torch.from_numpy(v) for v in reference_inputs(2)])
+        eager = InferenceGraph(model)(*[torch.from_numpy(v) for v in reference_inputs(1)])
     np.testing.assert_allclose(outputs["mask_iou"], eager[2].numpy(), rtol=0, atol=1e-4)
 
 
 def test_onnx_detect_equals_detect(onnx_file, model):
     image = CASE.images()[0]
     small = np.ascontiguousarray(image[::2, ::3])
-    # Three images in batches of two: the second batch is filled up.
-    results = ExportedModel(onnx_file).detect([image, small, image])
-    for result, expected in zip(results, model.detect([image, small, image], batch_size=1)):
+    results = ExportedModel(onnx_file).detect([image, small])
+    for result, expected in zip(results, model.detect([image, small])):
         assert_same_detections(result, expected)
+
+
+def readme_python_block(heading):
+    """The README section's indented code block that starts with an import, dedented."""
+    section = (ROOT / "README.md").read_text().split(f"\n## {heading}\n", 1)[1]
+    lines = section.split("\n## ", 1)[0].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("    import "))
+    end = next((i for i in range(start, len(lines))
+                if lines[i] and not lines[i].startswith("    ")), len(lines))
+    return textwrap.dedent("\n".join(lines[start:end]))
+
+
+def test_readme_snippet_runs_as_written(onnx_file, model, monkeypatch):
+    code = readme_python_block("Exporting: ONNX and a compiled PyTorch package")
+    assert code.count('"coco.onnx"') == 2
+    monkeypatch.chdir(ROOT)  # the snippet reads samples/
+    namespace = {}
+    exec(compile(code.replace('"coco.onnx"', repr(str(onnx_file))), "README.md", "exec"),
+         namespace)
+    # The step-by-step path, the last to set results (ExportedModel.detect has its own test).
+    assert_same_detections(namespace["results"][0], model.detect(namespace["images"])[0])
 
 
 def test_exported_model_refuses_inputs_of_other_shapes(onnx_file):
     exported = ExportedModel(onnx_file)
-    with pytest.raises(ValueError, match=r"takes input_image of shape \[2, 256, 256, 3\]"):
-        exported.run(*reference_inputs(1))
+    with pytest.raises(ValueError, match=r"takes input_image of shape \[1, 256, 256, 3\]"):
+        exported.run(*reference_inputs(2))
     with pytest.raises(TypeError, match="list of images"):
         exported.detect(CASE.images()[0])
 
@@ -229,11 +278,11 @@ np.savez(outputs_path, **dict(zip(["detections", "mrcnn_mask", "mask_iou"],
 
 def test_pt2_runs_in_a_process_with_only_torch_and_the_op_library(pt2_file, tmp_path):
     library = importlib.util.find_spec("mrcnn._C").origin
-    np.savez(tmp_path / "inputs.npz", **dict(zip(REFERENCE_INPUTS, reference_inputs(1))))
+    np.savez(tmp_path / "inputs.npz", **dict(zip(REFERENCE_INPUTS, reference_inputs(2))))
     subprocess.run([sys.executable, "-c", PT2_SCRIPT, library, str(pt2_file),
                     str(tmp_path / "inputs.npz"), str(tmp_path / "outputs.npz")],
                    cwd=tmp_path, check=True)
-    assert_matches_reference(dict(np.load(tmp_path / "outputs.npz")), 1)
+    assert_matches_reference(dict(np.load(tmp_path / "outputs.npz")), 2)
 
 
 def test_pt2_detect_equals_detect(pt2_file, model):
@@ -241,7 +290,9 @@ def test_pt2_detect_equals_detect(pt2_file, model):
     small = np.ascontiguousarray(image[::2, ::3])
     exported = ExportedModel(pt2_file)
     assert exported.config == model.config
-    for result, expected in zip(exported.detect([image, small]), model.detect([image, small])):
+    # Three images in batches of two: the second batch is filled up.
+    results = exported.detect([image, small, image])
+    for result, expected in zip(results, model.detect([image, small, image], batch_size=1)):
         assert_same_detections(result, expected)
 
 

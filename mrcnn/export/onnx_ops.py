@@ -1,5 +1,6 @@
 """ONNX translations (onnxscript, standard operators only) of the operators the ONNX exporter
-cannot translate by itself: the project's NMS (torch.ops.mrcnn.nms) and the stable sort.
+cannot translate by itself: the project's NMS and RoIAlign (torch.ops.mrcnn.nms, roi_align) and
+the stable sort. (crop_and_resize is decomposed into plain torch operations before translating.)
 
 Each keeps the exact semantics of the op it replaces, as onnxruntime's CPU kernels run them:
 
@@ -10,12 +11,14 @@ Each keeps the exact semantics of the op it replaces, as onnxruntime's CPU kerne
   candidate queue is a heap), so the boxes are handed to it scored by their rank in TF's order
   (descending score, then ascending index): all distinct, same order. Groups (batched_nms's
   idxs) become NonMaxSuppression's classes.
+- `roi_align` (POOLER "roi_align"): ONNX RoiAlign, whose half_pixel mode is torchvision's
+  aligned=True and output_half_pixel its aligned=False.
 - `sort_stable`: ONNX TopK, whose specification breaks ties by the lower index.
 """
 import math
 
 import torch
-from onnxscript import FLOAT
+from onnxscript import FLOAT, INT64
 from onnxscript import opset18 as op
 
 from mrcnn.ops import _ext  # noqa: F401  (registers torch.ops.mrcnn)
@@ -68,6 +71,20 @@ def sort_stable(self, stable=None, dim=-1, descending=False):
     return op.TopK(self, axis_size, axis=dim, largest=int(descending), sorted=1)
 
 
+def roi_align(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    """mrcnn::roi_align (torchvision's semantics): input [N, C, H, W], rois [K, 5] (image, x1,
+    y1, x2, y2) -> [K, C, pooled_height, pooled_width], as ONNX RoiAlign (average pooling)."""
+    boxes = op.Slice(rois, _ints(1), _ints(5), _ints(1))
+    images = op.Cast(op.Squeeze(op.Slice(rois, _ints(0), _ints(1), _ints(1)), _ints(1)),
+                     to=INT64.dtype)
+    return op.RoiAlign(input, boxes, images, mode="avg", output_height=pooled_height,
+                       output_width=pooled_width, sampling_ratio=max(sampling_ratio, 0),
+                       spatial_scale=spatial_scale,
+                       coordinate_transformation_mode="half_pixel" if aligned
+                       else "output_half_pixel")
+
+
 def translations():
     """{torch operator: its translation}, for torch.onnx.export's custom_translation_table."""
-    return {torch.ops.mrcnn.nms.default: nms, torch.ops.aten.sort.stable: sort_stable}
+    return {torch.ops.mrcnn.nms.default: nms, torch.ops.mrcnn.roi_align.default: roi_align,
+            torch.ops.aten.sort.stable: sort_stable}
