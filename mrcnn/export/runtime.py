@@ -17,9 +17,9 @@ import torch
 
 from mrcnn.anchors import pyramid_anchors
 from mrcnn.config import Config
+from mrcnn.detector import rgb_images
 from mrcnn.export.exporter import (INPUT_NAMES, METADATA_KEY, OUTPUT_NAMES, PT2_METADATA_FILE,
                                    format_of)
-from mrcnn.images import to_rgb_uint8
 from mrcnn.molding import mold_inputs, molded_shape
 from mrcnn.unmold import unmold_detections
 
@@ -96,9 +96,7 @@ class ExportedModel:
 
         Raises ValueError for an image that molds to another size than the graph's.
         """
-        if isinstance(images, np.ndarray) and images.ndim in (2, 3):
-            raise TypeError("detect() takes a list of images; wrap a single image in a list")
-        images = [to_rgb_uint8(image, f"images[{i}]") for i, image in enumerate(images)]
+        images = rgb_images(images)
         for index, image in enumerate(images):
             shape = tuple(molded_shape(image.shape, self.config))
             if shape != self.image_shape[:2]:
