@@ -165,6 +165,18 @@ def pt2_file(model, tmp_path_factory):
     return export_model(model, path, batch_size=2)
 
 
+@pytest.fixture(scope="module")
+def images():
+    """The reference image and a smaller one of another aspect ratio."""
+    image = CASE.images()[0]
+    return [image, np.ascontiguousarray(image[::2, ::3])]
+
+
+@pytest.fixture(scope="module")
+def expected_results(model, images):
+    return model.detect(images)
+
+
 def reference_inputs(batch_size):
     return [np.repeat(REF[name], batch_size, axis=0) for name in REFERENCE_INPUTS]
 
@@ -223,11 +235,9 @@ def test_onnx_gives_the_reference_outputs(onnx_file, model):
     np.testing.assert_allclose(outputs["mask_iou"], eager[2].numpy(), rtol=0, atol=1e-4)
 
 
-def test_onnx_detect_equals_detect(onnx_file, model):
-    image = CASE.images()[0]
-    small = np.ascontiguousarray(image[::2, ::3])
-    results = ExportedModel(onnx_file).detect([image, small])
-    for result, expected in zip(results, model.detect([image, small])):
+def test_onnx_detect_equals_detect(onnx_file, images, expected_results):
+    results = ExportedModel(onnx_file).detect(images)
+    for result, expected in zip(results, expected_results):
         assert_same_detections(result, expected)
 
 
@@ -285,14 +295,12 @@ def test_pt2_runs_in_a_process_with_only_torch_and_the_op_library(pt2_file, tmp_
     assert_matches_reference(dict(np.load(tmp_path / "outputs.npz")), 2)
 
 
-def test_pt2_detect_equals_detect(pt2_file, model):
-    image = CASE.images()[0]
-    small = np.ascontiguousarray(image[::2, ::3])
+def test_pt2_detect_equals_detect(pt2_file, model, images, expected_results):
     exported = ExportedModel(pt2_file)
     assert exported.config == model.config
     # Three images in batches of two: the second batch is filled up.
-    results = exported.detect([image, small, image])
-    for result, expected in zip(results, model.detect([image, small, image], batch_size=1)):
+    results = exported.detect(images + images[:1])
+    for result, expected in zip(results, expected_results + expected_results[:1]):
         assert_same_detections(result, expected)
 
 
