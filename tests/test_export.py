@@ -9,7 +9,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from mrcnn.export import ExportedModel, InferenceGraph, export_model, graph_inpu
 from mrcnn.export.__main__ import main as export_main
 from mrcnn.ops import batched_nms, nms, roi_align
 from tests.reference import ReferenceCase
+from tests.test_readme import code_block
 from tests.test_reference import assert_close_to_scale
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,18 +241,8 @@ def test_onnx_detect_equals_detect(onnx_file, images, expected_results):
         assert_same_detections(result, expected)
 
 
-def readme_python_block(heading):
-    """The README section's indented code block that starts with an import, dedented."""
-    section = (ROOT / "README.md").read_text().split(f"\n## {heading}\n", 1)[1]
-    lines = section.split("\n## ", 1)[0].splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("    import "))
-    end = next((i for i in range(start, len(lines))
-                if lines[i] and not lines[i].startswith("    ")), len(lines))
-    return textwrap.dedent("\n".join(lines[start:end]))
-
-
 def test_readme_snippet_runs_as_written(onnx_file, model, monkeypatch):
-    code = readme_python_block("Exporting: ONNX and a compiled PyTorch package")
+    code = code_block("Exporting: ONNX and a compiled PyTorch package", first_line="    import ")
     assert code.count('"coco.onnx"') == 2
     monkeypatch.chdir(ROOT)  # the snippet reads samples/
     namespace = {}
