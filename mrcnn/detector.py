@@ -108,25 +108,27 @@ class MaskScoringRCNN(nn.Module):
 
     def segment(self, boxes, box_image, class_ids, pyramid, image_hw):
         """boxes [R, 4] of images box_image [R] with classes class_ids [R] ->
-        (masks [R, K, 28, 28] of every class, predicted mask IoU [R] of each box's class)."""
+        (masks [R, K, 28, 28] of every class, the MaskIoU head's output [R, K] for the mask of
+        each box's class: column class_ids[r] is that mask's predicted IoU)."""
         pooled = self.mask_roi_align(boxes, box_image, pyramid[:4], image_hw)
         masks = self.mask_head(pooled)
-        rows = torch.arange(len(boxes), device=boxes.device)
-        class_masks = masks[rows, class_ids]
-        mask_iou = self.maskiou_head(pooled, class_masks)[rows, class_ids]
-        return masks, mask_iou
+        class_masks = masks[torch.arange(len(boxes), device=boxes.device), class_ids]
+        return masks, self.maskiou_head(pooled, class_masks)
 
-    def infer(self, molded_images, image_metas, mask_all_rows=False, timer=None, precision=None):
+    def infer(self, molded_images, image_metas, anchors=None, mask_all_rows=False, timer=None,
+              precision=None):
         """The whole inference graph on a batch of molded images of one size.
 
-        molded_images [B, 3, H, W] float32, image_metas [B, META] (Matterport's image meta) ->
+        molded_images [B, 3, H, W] float32, image_metas [B, META] (Matterport's image meta),
+        anchors [A, 4] or [B, A, 4] normalised (default: the config's anchors for the size) ->
         dict of tensors: pyramid, anchors, rpn_class, rpn_bbox, rpn_rois, mrcnn_class,
         mrcnn_bbox, detections; how the proposals and detections were chosen (INSPECTION_OUTPUTS:
         the ProposalLayer's Proposals and the DetectionLayer's Detections, which the layers
         compute anyway); and for the detection rows that carry a class (all rows, padding
         included, with mask_all_rows): mask_rows [R] (flat index b*MAX + i), mrcnn_mask
-        [R, K, 28, 28], class_masks [R, 28, 28] (the mask of the row's class), mask_iou [R]
-        (predicted IoU of that mask) and mask_scores [R] (class score x mask_iou).
+        [R, K, 28, 28], class_masks [R, 28, 28] (the mask of the row's class), mask_ious [R, K]
+        (the MaskIoU head's output for that mask), mask_iou [R] (its column of the row's class:
+        the mask's predicted IoU) and mask_scores [R] (class score x mask_iou).
 
         `timer(stage_name)`, when given, is a context manager wrapped around each stage (the
         benchmarks time them with it). `precision` (default config.PRECISION): "exact", "tf32"
@@ -140,7 +142,8 @@ class MaskScoringRCNN(nn.Module):
                 # Channels-last convolutions are the fast ones on the CPU (oneDNN) and on GPUs.
                 pyramid = self.pyramid(molded_images.contiguous(memory_format=torch.channels_last))
             with timer("rpn+proposals"):
-                anchors = self.anchors(image_hw, molded_images.device)
+                if anchors is None:
+                    anchors = self.anchors(image_hw, molded_images.device)
                 with scope.network():
                     _, rpn_class, rpn_bbox = self.rpn(pyramid)
                 rpn_class, rpn_bbox = rpn_class.float(), rpn_bbox.float()
@@ -182,7 +185,8 @@ class MaskScoringRCNN(nn.Module):
                 "roi_scores": detected.roi_scores, "roi_class_ids": detected.roi_class_ids,
                 "roi_refined_boxes": detected.refined_rois,
                 "mask_rows": mask_rows, "mrcnn_mask": mrcnn_mask, "class_masks": class_masks,
-                "mask_iou": mask_iou, "mask_scores": flat[mask_rows, 5] * mask_iou}
+                "mask_ious": mask_ious, "mask_iou": mask_iou,
+                "mask_scores": flat[mask_rows, 5] * mask_iou}
 
     # User entry points.
 
