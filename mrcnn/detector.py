@@ -169,11 +169,12 @@ class MaskScoringRCNN(nn.Module):
                 box_image = mask_rows // detected.detections.shape[1]
                 row_classes = class_ids[mask_rows]
                 with scope.network():
-                    mrcnn_mask, mask_iou = self.segment(flat[mask_rows, :4], box_image,
-                                                        row_classes, pooled_levels, image_hw)
-                mrcnn_mask, mask_iou = mrcnn_mask.float(), mask_iou.float()
-                class_masks = mrcnn_mask[torch.arange(len(mask_rows), device=flat.device),
-                                         row_classes]
+                    mrcnn_mask, mask_ious = self.segment(flat[mask_rows, :4], box_image,
+                                                         row_classes, pooled_levels, image_hw)
+                mrcnn_mask, mask_ious = mrcnn_mask.float(), mask_ious.float()
+                rows = torch.arange(len(mask_rows), device=flat.device)
+                class_masks = mrcnn_mask[rows, row_classes]
+                mask_iou = mask_ious[rows, row_classes]
         return {"pyramid": pooled_levels + [pyramid[4].float()], "anchors": anchors,
                 "rpn_class": rpn_class, "rpn_bbox": rpn_bbox, "rpn_rois": proposals.rois,
                 "mrcnn_class": mrcnn_class, "mrcnn_bbox": mrcnn_bbox,
