@@ -281,13 +281,13 @@ def test_the_class_count_and_names_default_to_the_datasets(shapes, tmp_path):
     config_file.write_text(json.dumps({"BACKBONE": "resnet50"}))
     (tmp_path / "w.pth").write_bytes(b"not read: --config describes the model")
     args = argparse.Namespace(config=str(config_file), weights=str(tmp_path / "w.pth"),
-                              min_confidence=None)
+                              min_confidence=None, precision=None)
     config, _ = eval_script._config(args, dataset)
     assert config.NUM_CLASSES == 4
     assert config.class_names() == ["BG", "circle", "square", "triangle"]
     # An .h5 without --config: the file's backbone and class count, the dataset's names.
     args = argparse.Namespace(config=None, weights=str(shape_only_h5(tmp_path / "w.h5", 4, 6)),
-                              min_confidence=None)
+                              min_confidence=None, precision=None)
     config, source = eval_script._config(args, dataset)
     assert (config.BACKBONE, config.NUM_CLASSES) == ("resnet50", 4)
     assert config.class_names() == ["BG", "circle", "square", "triangle"]
