@@ -307,7 +307,9 @@ def test_cli_refuses_bad_arguments_before_loading_anything(tmp_path, capsys):
     assert "must end with .pt2" in capsys.readouterr().err
     config = tmp_path / "pad64.json"
     config.write_text(json.dumps({"IMAGE_RESIZE_MODE": "pad64", "IMAGE_MIN_DIM": 256}))
-    assert export_main(["--config", str(config), "--weights", str(tmp_path / "missing.pth"),
+    # Never read: the size check comes first (build_config only checks that the file exists).
+    (tmp_path / "unread.pth").write_bytes(b"")
+    assert export_main(["--config", str(config), "--weights", str(tmp_path / "unread.pth"),
                         str(tmp_path / "model.onnx")]) == 1
     assert "--image-size" in capsys.readouterr().err
     assert export_main(["--config", str(config), "--image-size", "100", "128",
