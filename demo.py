@@ -12,8 +12,10 @@ import numpy as np
 from tqdm import tqdm
 
 from mrcnn.atomic import atomic_write
-from mrcnn.cli import (CliError, add_max_pixels_argument, add_model_arguments, build_config,
-                       drawable, error_message, load_model, reports_errors, resolve_device)
+from mrcnn.cli import (CliError, add_max_pixels_argument, add_model_arguments,
+                       add_precision_argument, build_config, check_no_overwrite, drawable,
+                       error_message, load_model, make_out_dir, reports_errors, resolve_device)
+from mrcnn.config import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 from preprocess.images import IMAGE_ERRORS, check_resizable, load_image
 from postprocess.visualize import draw_instances, result_to_coco_json, write_png
 
@@ -28,7 +30,8 @@ DESCRIPTION = """\
 Detects objects in images with Mask Scoring R-CNN and writes each image annotated (masks,
 boxes, labels 'class score (mask score)') as a PNG of the input's size into --out, and with
 --json its detections as a JSON list of COCO-style results: bbox [x, y, w, h] in image pixels,
-category_id, category_name, score (class score), mask_score, segmentation (compressed RLE).
+category_id (COCO's category id for a COCO model, else the class id), category_name, score
+(class score), mask_score, segmentation (compressed RLE).
 
 Inputs are image files, folders (their images, sorted, not recursive) and glob patterns
 (quote them, e.g. 'photos/**/*.jpg'); with none, the sample images shipped in samples/.
@@ -55,6 +58,7 @@ def build_parser():
     parser.add_argument("images", nargs="*", metavar="IMAGES",
                         help="image files, folders or glob patterns (default: samples/)")
     add_model_arguments(parser)
+    add_precision_argument(parser)
     add_max_pixels_argument(parser)
     parser.add_argument("--out", default="out", metavar="DIR",
                         help="folder for the annotated images and JSON files, created if needed "
@@ -155,19 +159,17 @@ def write_outputs(image, result, out_dir, stem, class_names, write_json, drawn=N
     if write_json:
         written.append(out_dir / f"{stem}.json")
         with atomic_write(written[1], "w") as f:
-            json.dump(result_to_coco_json(result, class_names=class_names), f)
+            json.dump(result_to_coco_json(result, class_names=class_names,
+                                          category_ids=category_ids(class_names)), f)
     return written
 
 
-def check_no_overwrite(paths, stems, out_dir):
-    """Raises CliError when an output file would replace one of the inputs."""
-    inputs = {os.path.realpath(path): path for path in paths}
-    for stem in stems:
-        for suffix in (".png", ".json"):
-            clash = inputs.get(os.path.realpath(out_dir / f"{stem}{suffix}"))
-            if clash is not None:
-                raise CliError(f"--out {out_dir} would overwrite the input {clash}; choose "
-                               "another output folder")
+def category_ids(class_names):
+    """{class id: COCO category id} for a model of COCO's classes; None for other models, whose
+    JSON category_id is the class id."""
+    if list(class_names) != COCO_CLASS_NAMES:
+        return None
+    return dict(enumerate(COCO_CATEGORY_IDS, start=1))
 
 
 def check_arguments(args, parser):
@@ -187,16 +189,14 @@ def main(argv=None):
         print(f"error: {problem}", file=sys.stderr)
     if not paths:
         raise CliError("no images to process")
-    out_dir = Path(args.out)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise CliError(f"cannot create the output folder {out_dir}: "
-                       f"{error_message(error)}") from None
+    out_dir = make_out_dir(args.out)
     stems = output_stems(paths)
-    check_no_overwrite(paths, stems, out_dir)
+    check_no_overwrite(out_dir, [stem + suffix for stem in stems for suffix in (".png", ".json")],
+                       paths)
     device = resolve_device(args.device)
     config = build_config(args.config, args.weights)
+    if args.precision:
+        config.update(PRECISION=args.precision)
     model = load_model(config, args.weights, device)
     class_names = config.class_names()
 

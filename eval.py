@@ -5,11 +5,13 @@ import sys
 
 import torch.distributed as dist
 
-from mrcnn.cli import (CliError, add_dataset_check_arguments, build_config, dataset_options,
-                       error_message, join_processes, load_model)
+from mrcnn.cli import (CliError, add_dataset_check_arguments, add_precision_argument,
+                       build_config, check_no_overwrite, dataset_options, error_message,
+                       join_processes, load_model, make_out_dir)
 from mrcnn.weights import WeightsError, is_hdf5
 from postprocess import coco_eval
 from preprocess.coco import DatasetError, coco_layout, open_dataset
+from preprocess.splits import check_class_count
 
 DESCRIPTION = """\
 Runs Mask Scoring R-CNN over the images of a COCO-format dataset, writes the detections as COCO
@@ -29,9 +31,15 @@ as in Matterport's COCO code; results carry the dataset's own image and category
 
 The model: --weights is a Matterport Keras .h5 or a .pth of this project. Its settings come from
 --config (a JSON object with any subset of Config fields, e.g. a Config.to_json file; the rest keep
-Config's defaults), else from the .pth itself, else (an .h5 without --config) Matterport's COCO
-evaluation settings: CocoConfig (ResNet-101, 81 classes) with one image per batch and
-DETECTION_MIN_CONFIDENCE 0. NUM_CLASSES must equal the dataset's category count + 1.
+Config's defaults, NUM_CLASSES and CLASS_NAMES the dataset's, BACKBONE and NUM_CLASSES an .h5's),
+else from the .pth itself, else (an .h5 without --config) the backbone and class count the .h5
+was made for with Matterport's COCO evaluation settings: one image per batch. NUM_CLASSES must
+equal the dataset's category count + 1.
+
+Detections: every evaluation keeps every detection whatever its class score
+(DETECTION_MIN_CONFIDENCE 0, Matterport's COCO evaluation setting, as train.py --eval-every and
+the benchmarks do), so that the AP compares with published numbers; --min-confidence sets
+another threshold. The threshold used is printed and recorded in summary.json.
 
 Scores: box results are ranked by the class score. Mask results are ranked by Mask Scoring
 R-CNN's mask score, class score x the predicted IoU of the mask (--mask-score maskiou), or by the
@@ -92,8 +100,10 @@ def build_parser():
                        help="JSON object of Config fields (any subset); default: the .pth's own "
                             "config, or Matterport's COCO evaluation settings for an .h5")
     model.add_argument("--min-confidence", type=float, metavar="X",
-                       help="DETECTION_MIN_CONFIDENCE: drop detections with a lower class score "
-                            "(default: the config's value; Matterport evaluates COCO with 0)")
+                       help="drop detections with a lower class score (default: 0, every "
+                            "detection counts, as Matterport evaluates COCO; the config's "
+                            "DETECTION_MIN_CONFIDENCE is for demo.py)")
+    add_precision_argument(model)
 
     run = parser.add_argument_group("run")
     run.add_argument("--limit", type=int, metavar="N",
@@ -132,7 +142,7 @@ def main(argv=None):
             summary = coco_eval.evaluate(
                 model, dataset, limit=args.limit, batch_size=args.batch_size,
                 mask_score=args.mask_score, out_dir=args.out, progress=not args.quiet,
-                summary_fields=settings)
+                summary_fields=settings, min_confidence=min_confidence(args))
         except (DatasetError, OSError) as error:  # no image could be read; --out not writable
             parser.exit(1, f"{parser.prog}: error: {error_message(error)}\n")
     finally:
@@ -185,16 +195,18 @@ def prepare(args, device, verbose=True):
     dataset = open_dataset(annotation_json, image_dir, say, **dataset_options(args))
     coco_eval.check_images(dataset, coco_eval.select_images(dataset, args.limit))
 
-    config, config_source = _config(args)
-    if config.NUM_CLASSES != dataset.num_classes:
-        raise ValueError(
-            f"the model has NUM_CLASSES {config.NUM_CLASSES} ({config_source}) but "
-            f"{annotation_json} has {dataset.num_classes - 1} categories, so the model needs "
-            f"NUM_CLASSES {dataset.num_classes} (background included); pass a --config that "
-            "fits the dataset")
+    config, config_source = _config(args, dataset)
+    check_class_count(config, dataset, config_source)
     if verbose:
         _warn_about_class_names(config, dataset)
-    _check_out_dir(args.out)
+    out_dir = make_out_dir(args.out)
+    check_no_overwrite(out_dir, [*coco_eval.RESULT_FILES.values(), coco_eval.SUMMARY_FILE],
+                       [args.weights, args.config, dataset.annotation_json])
+    if verbose:
+        threshold = min_confidence(args)
+        how = ("--min-confidence" if args.min_confidence is not None
+               else "Matterport's COCO evaluation setting")
+        print(f"detections with a class score >= {threshold} count ({how})", file=sys.stderr)
 
     # load_model seeds the layers a weights file lacks (the MaskIoU head of Matterport's files),
     # so results do not depend on the process count; the head's state is said below instead.
@@ -205,7 +217,7 @@ def prepare(args, device, verbose=True):
               "pass --mask-score cls to rank masks by the class score", file=sys.stderr)
     settings = {"weights": os.path.abspath(args.weights), "config": config_source,
                 "device": str(device), "batch_size": args.batch_size or config.BATCH_SIZE,
-                "min_confidence": config.DETECTION_MIN_CONFIDENCE}
+                "precision": config.PRECISION}
     return dataset, model, settings
 
 
@@ -213,31 +225,35 @@ def print_warning(line):
     print(f"warning: {line}", file=sys.stderr)
 
 
-def _config(args):
-    """The Config (mrcnn.cli.build_config) and a phrase saying where it came from."""
+def min_confidence(args):
+    """The detection threshold of the evaluation: --min-confidence, else Matterport's."""
+    if args.min_confidence is not None:
+        return args.min_confidence
+    return coco_eval.EVAL_MIN_CONFIDENCE
+
+
+def _config(args, dataset):
+    """The Config (mrcnn.cli.build_config; NUM_CLASSES and CLASS_NAMES default to the
+    dataset's) and a phrase saying where it came from."""
     try:
-        config = build_config(args.config, args.weights)
+        config = build_config(args.config, args.weights,
+                              defaults={"NUM_CLASSES": dataset.num_classes,
+                                        "CLASS_NAMES": dataset.class_names})
     except WeightsError as error:
         raise WeightsError(f"{error}; or pass --config to describe the model") from None
     if args.config:
         source = f"from {args.config}"
     elif is_hdf5(args.weights):
-        # Matterport's COCO evaluation settings (its InferenceConfig in samples/coco/coco.py).
-        config.update(IMAGES_PER_GPU=1, DETECTION_MIN_CONFIDENCE=0.0)
-        source = "Matterport's COCO evaluation settings, used for an .h5 without --config"
+        # Matterport's COCO evaluation settings (its InferenceConfig in samples/coco/coco.py);
+        # its DETECTION_MIN_CONFIDENCE 0 is every evaluation's (see min_confidence).
+        config.update(IMAGES_PER_GPU=1)
+        source = ("the .h5's backbone and class count with Matterport's COCO evaluation "
+                  "settings, used for an .h5 without --config")
     else:
         source = f"the config saved in {args.weights}"
-    if args.min_confidence is not None:
-        config.update(DETECTION_MIN_CONFIDENCE=args.min_confidence)
+    if args.precision:
+        config.update(PRECISION=args.precision)
     return config, source
-
-
-def _check_out_dir(out_dir):
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise NotADirectoryError(f"--out {out_dir} exists and is not a directory")
-    os.makedirs(out_dir, exist_ok=True)
-    if not os.access(out_dir, os.W_OK):
-        raise PermissionError(f"--out {out_dir} is not writable")
 
 
 def _warn_about_class_names(config, dataset):

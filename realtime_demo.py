@@ -15,26 +15,36 @@ import cv2
 from tqdm import tqdm
 
 from mrcnn.atomic import atomic_path
-from mrcnn.cli import (CliError, add_model_arguments, build_config, drawable, load_model,
-                       reports_errors, resolve_device)
+from mrcnn.cli import (CliError, add_model_arguments, add_precision_argument, build_config,
+                       drawable, load_model, reports_errors, resolve_device)
+from mrcnn.precision import fast_precision
 from postprocess.visualize import draw_instances
 
 WINDOW = "Mask Scoring R-CNN (q or Esc quits)"
 QUIT_KEYS = (ord("q"), ord("Q"), 27)
 FILE_QUEUE_FRAMES = 8          # read-ahead of a video file: enough to hide decoding, bounded
+RESULT_QUEUE_FRAMES = 2        # detected frames waiting to be drawn: inference never waits long
 FALLBACK_FPS = 30.0
 FOURCC = "mp4v"
-READER_STOP_SECONDS = 5.0
+# How long quitting waits for the reader (a camera may not return) and for the forward pass
+# under way (seconds on a CPU).
+STOP_SECONDS = {"frame-reader": 5.0, "inference": 60.0}
 
 DESCRIPTION = """\
 Runs Mask Scoring R-CNN on a webcam or a video file and shows the frames annotated (masks,
 boxes, labels, an FPS counter) in a window, and/or writes them to --output (mp4v) at the input's
 size and frame rate.
 
-Frames are read on a separate thread. From a video file every frame is processed, in order, so
-the output has the input's frame count. From a camera, when inference is slower than the camera,
-stale frames are dropped rather than queued: the window and the output show the newest frame at
-each step (the output then plays faster than real time).
+Capture, inference and drawing/writing run on three threads at once, so frames come out at the
+rate of inference alone. From a video file every frame is processed, in order, so the output
+has the input's frame count. From a camera, when inference is slower than the camera, stale
+frames are dropped rather than queued: the window and the output show the newest frame at each
+step (the output then plays faster than real time).
+
+Images are molded to --size (default: the input's longer side rounded up to a multiple of 64,
+at most the config's IMAGE_MAX_DIM, so small videos are not upscaled), and the forward pass
+runs in bf16 where the hardware has bfloat16, else exact (see --precision); both are printed at
+the start.
 
 Without a display (or with --no-display) it runs headless and needs --output. In the window,
 q or Esc quits; Ctrl-C quits anywhere. On quitting, the output holds every frame processed."""
@@ -43,7 +53,8 @@ EPILOG = """\
 examples:
   python realtime_demo.py                                  # webcam 0, window, COCO weights
   python realtime_demo.py --source 1 --output cam.mp4      # second camera, also recorded
-  python realtime_demo.py --source clip.mp4 --output annotated.mp4 --no-display"""
+  python realtime_demo.py --source clip.mp4 --output annotated.mp4 --no-display
+  python realtime_demo.py --size 512 --precision exact     # smaller, Matterport's arithmetic"""
 
 
 class FrameBuffer:
@@ -197,7 +208,29 @@ def build_parser():
                          help="run headless (needs --output)")
     parser.add_argument("--min-score", type=float, metavar="S",
                         help="draw only detections with a class score >= S")
+    parser.add_argument("--size", type=int, metavar="S",
+                        help="side of the molded (square) images, a multiple of 64: smaller is "
+                             "faster (default: the input's longer side rounded up to a multiple "
+                             "of 64, at most the config's IMAGE_MAX_DIM)")
+    add_precision_argument(parser, default_help="bf16 where the hardware has bfloat16 (GPUs of "
+                           "compute capability 8.0 and later, CPUs with AVX512-BF16 or AMX), "
+                           "else exact")
     return parser
+
+
+def molded_size(frame_size, config):
+    """The default --size for frames of (width, height): their longer side rounded up to a
+    multiple of 64, at most config.IMAGE_MAX_DIM."""
+    longest = max(frame_size)
+    return min(config.IMAGE_MAX_DIM, -(-longest // 64) * 64)
+
+
+def apply_size(config, size):
+    """Molds to size x size: IMAGE_MIN_DIM = IMAGE_MAX_DIM = size ('square' mode)."""
+    if config.IMAGE_RESIZE_MODE != "square":
+        raise CliError(f"--size needs IMAGE_RESIZE_MODE 'square'; the config has "
+                       f"{config.IMAGE_RESIZE_MODE!r}")
+    config.update(IMAGE_MIN_DIM=size, IMAGE_MAX_DIM=size)
 
 
 def open_window(requested, has_output):
@@ -281,22 +314,28 @@ def draw_fps(frame, fps):
 def run(model, source, class_names, writer=None, show=False, min_score=None):
     """Annotates the frames of an opened Source until it ends, q/Esc, or Ctrl-C.
 
-    Returns RunStats.
+    A reader thread decodes frames, an inference thread detects, and this thread draws, writes
+    and shows, all at the same time. Returns RunStats.
     """
-    buffer = FrameBuffer(1 if source.is_camera else FILE_QUEUE_FRAMES,
+    frames = FrameBuffer(1 if source.is_camera else FILE_QUEUE_FRAMES,
                          drop_stale=source.is_camera)
+    # Backpressure instead of dropping: every detected frame is drawn, and a full queue holds
+    # inference back only when drawing is the slower stage.
+    detected = FrameBuffer(RESULT_QUEUE_FRAMES, drop_stale=False)
     errors = []
-    reader = threading.Thread(target=source.read_into, args=(buffer, errors), daemon=True,
-                              name="frame-reader")
+    threads = [threading.Thread(target=source.read_into, args=(frames, errors), daemon=True,
+                                name="frame-reader"),
+               threading.Thread(target=detect_frames, args=(model, frames, detected, errors),
+                                daemon=True, name="inference")]
     meter = FpsMeter()
     processed, interrupted, started = 0, False, time.perf_counter()
-    reader.start()
+    for thread in threads:
+        thread.start()
     try:
         with tqdm(total=source.frame_count, unit="frame", file=sys.stderr, leave=False,
                   disable=None) as bar:
-            while (frame := buffer.get()) is not None:
-                image = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                result = drawable(model.detect([image])[0], model)
+            while (item := detected.get()) is not None:
+                image, result = item
                 # Colour by class: the instance order changes from frame to frame.
                 annotated = draw_instances(image, result, class_names, min_score=min_score,
                                            color_by="class")
@@ -311,14 +350,40 @@ def run(model, source, class_names, writer=None, show=False, min_score=None):
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        buffer.close()
-        reader.join(READER_STOP_SECONDS)
-        if reader.is_alive():
-            print(f"note: {source.name} did not return a frame within {READER_STOP_SECONDS:g} s "
-                  "of quitting; its reader thread is left behind", file=sys.stderr)
-    if errors:
-        raise errors[0]
-    return RunStats(processed, buffer.dropped, time.perf_counter() - started, interrupted)
+        frames.close()
+        detected.close()
+        stop_threads(threads, source.name)
+    interrupted |= any(isinstance(error, KeyboardInterrupt) for error in errors)
+    failures = [error for error in errors if not isinstance(error, KeyboardInterrupt)]
+    if failures:
+        raise failures[0]
+    return RunStats(processed, frames.dropped, time.perf_counter() - started, interrupted)
+
+
+def detect_frames(model, frames, detected, errors):
+    """Inference thread body: (RGB image, result) of every frame into `detected`, in order."""
+    try:
+        while (frame := frames.get()) is not None:
+            image = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            if not detected.put((image, drawable(model.detect([image])[0], model))):
+                break
+    except BaseException as error:  # handed to the main thread, which raises it
+        errors.append(error)
+    finally:
+        detected.close()
+        frames.close()
+
+
+def stop_threads(threads, source_name):
+    """Joins the reader and inference threads (their buffers are closed); says so when one
+    does not stop in time (a camera that does not return, a forward pass still running)."""
+    for thread in threads:
+        thread.join(STOP_SECONDS[thread.name])
+        if thread.is_alive():
+            what = (f"{source_name} did not return a frame" if thread.name == "frame-reader"
+                    else "the forward pass did not finish")
+            print(f"note: {what} within {STOP_SECONDS[thread.name]:g} s of quitting; its "
+                  "thread is left behind", file=sys.stderr)
 
 
 def quit_requested(frame):
@@ -326,6 +391,26 @@ def quit_requested(frame):
     cv2.imshow(WINDOW, frame)
     key = cv2.waitKey(1) & 0xFF
     return key in QUIT_KEYS or cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1
+
+
+def describe_run(config, source, device, size, precision):
+    """Sets the molded size and the precision in `config` and says which are used, and why."""
+    if size is not None:
+        apply_size(config, size)
+        size_reason = "--size"
+    elif config.IMAGE_RESIZE_MODE == "square":
+        apply_size(config, molded_size(source.size, config))
+        size_reason = f"the input is {source.size[0]}x{source.size[1]}; --size to change"
+    else:
+        size_reason = f"IMAGE_RESIZE_MODE {config.IMAGE_RESIZE_MODE!r}"
+    precision_reason = "--precision"
+    if precision is None:
+        precision, why = fast_precision(device)
+        precision_reason = f"{why}; --precision exact gives Matterport's numbers"
+    config.update(PRECISION=precision)
+    side = config.IMAGE_MAX_DIM if config.IMAGE_RESIZE_MODE == "square" else "input-dependent"
+    print(f"molded size {side} ({size_reason}); precision {precision} ({precision_reason})",
+          file=sys.stderr)
 
 
 @reports_errors
@@ -336,10 +421,13 @@ def main(argv=None):
         parser.error(f"--min-score must be in [0, 1], got {args.min_score}")
     if args.output and os.path.realpath(args.output) == os.path.realpath(args.source):
         parser.error("--output must differ from --source (the input video would be replaced)")
+    if args.size is not None and (args.size < 64 or args.size % 64):
+        parser.error(f"--size must be a positive multiple of 64, got {args.size}")
     device = resolve_device(args.device)
     config = build_config(args.config, args.weights)
     source = Source.open(args.source)
     try:
+        describe_run(config, source, device, args.size, args.precision)
         if not source.fps_known:
             print(f"note: {source.name} does not report its frame rate; the output is written "
                   f"at {FALLBACK_FPS:g} fps", file=sys.stderr)

@@ -102,6 +102,8 @@ def extensions():
         sources += sorted(glob.glob(os.path.join("csrc", "*.cu")))
         return [CUDAExtension(
             "mrcnn._C", sources,
+            # The CUDA entry points are registered by the host-compiled *_common.cpp files.
+            define_macros=[("MRCNN_WITH_CUDA", None)],
             # No fast-math: the kernels must reproduce TensorFlow's float32 arithmetic.
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
             extra_link_args=link_flags)]

@@ -42,6 +42,7 @@ from mrcnn.atomic import atomic_write  # noqa: E402
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mrcnn" / "bench"
 STAGES = ["molding", "backbone+fpn", "rpn+proposals", "box head", "detection",
           "mask+maskiou heads", "unmolding"]
+PRECISIONS = ("exact", "tf32", "bf16")
 
 
 def synthetic_weights(backbone):
@@ -68,46 +69,97 @@ def test_image_file(size):
     return path
 
 
-def measure(backbone, size, device, weights, image_path):
-    """Runs in the child process: times one detect() per request of the parent (see
-    matterport_tf.timed_runs), then returns the median seconds per stage, the peak memory and
-    the detections."""
+def measure(backbone, size, device, weights, image_path, precisions=("exact",), batch=1):
+    """Runs in the child process: times detect() in each precision, one after the other in an
+    order that swaps every time, once per request of the parent (see matterport_tf.timed_runs),
+    then returns per precision the median seconds per stage and per image, the detections and
+    their agreement with exact's, and the peak memory. Each call detects `batch` copies of the
+    image in one batch."""
     import torch
 
     from mrcnn.config import CocoConfig
     from mrcnn.detector import MaskScoringRCNN
     from preprocess.images import load_image
 
-    config = CocoConfig(BACKBONE=backbone, IMAGES_PER_GPU=1, IMAGE_MIN_DIM=size,
+    config = CocoConfig(BACKBONE=backbone, IMAGES_PER_GPU=batch, IMAGE_MIN_DIM=size,
                         IMAGE_MAX_DIM=size)
     model = MaskScoringRCNN(config).load_weights(weights)
     model.to(device)
     image = load_image(image_path)
-    times = defaultdict(list)
+    images = [image] * batch
+    times = {precision: defaultdict(list) for precision in precisions}
+    results = {}
 
-    @contextmanager
-    def timer(name):
-        synchronize(device)
-        start = time.perf_counter()
-        yield
-        synchronize(device)
-        times[name].append(time.perf_counter() - start)
+    def detect(precision):
+        @contextmanager
+        def timer(name):
+            synchronize(device)
+            start = time.perf_counter()
+            yield
+            synchronize(device)
+            times[precision][name].append(time.perf_counter() - start)
 
-    def detect():
-        return model.run_batch([image], timer=timer).results[0]
+        with timer("total"):
+            results[precision] = model.run_batch(images, timer=timer,
+                                                  precision=precision).results[0]
+
+    calls = []
+
+    def detect_all():
+        order = precisions if len(calls) % 2 == 0 else precisions[::-1]
+        calls.append(order)
+        for precision in order:
+            detect(precision)
+        return results[precisions[0]]
 
     with torch.inference_mode():
-        _, totals, result = timed_runs(detect, serving=True, repeat=None)
-    medians = {name: statistics.median(values[1:]) for name, values in times.items()}  # warm-up
-    medians["total"] = statistics.median(totals)
+        _, totals, result = timed_runs(detect_all, serving=True, repeat=None)
+    summary = {}
+    for precision in precisions:
+        # The first call is the warm-up; per image: a call detects `batch` images.
+        medians = {name: statistics.median(values[1:]) / batch
+                   for name, values in times[precision].items()}
+        summary[precision] = {
+            "seconds": medians, "ms_runs": [t * 1000 / batch for t in
+                                            times[precision]["total"][1:]],
+            "detections": len(results[precision]["class_ids"]),
+            "agreement": precision_agreement(results["exact"], results[precision])
+            if "exact" in results else None}
+    speedups = {precision: statistics.median(
+        exact / fast for exact, fast in zip(times["exact"]["total"][1:],
+                                            times[precision]["total"][1:]))
+        for precision in precisions if "exact" in precisions}
     peak = {"cpu_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if torch.device(device).type == "cuda":
         peak["gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return {"seconds": medians, "ms_runs": [t * 1000 for t in totals], "peak": peak,
-            "detections": len(result["class_ids"]),
+    first = summary[precisions[0]]
+    return {"seconds": first["seconds"], "ms_runs": first["ms_runs"], "peak": peak,
+            "detections": first["detections"], "precisions": summary,
+            "speedup_vs_exact": speedups,
             "rois": result["rois"].tolist(), "class_ids": result["class_ids"].tolist(),
             "image_sha256": image_sha256(image), "torch_threads": torch.get_num_threads(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")}
+
+
+def precision_agreement(exact, fast):
+    """How close a fast mode's detections are to exact's: exact's detections matched one to one
+    to fast ones of the same class, greedily by mask IoU (highest first, IoU >= 0.5), and the
+    smallest mask IoU among the matched pairs (None when nothing matches)."""
+    exact_masks = exact["masks"].reshape(-1, exact["masks"].shape[-1]).astype(np.float32)
+    fast_masks = fast["masks"].reshape(-1, fast["masks"].shape[-1]).astype(np.float32)
+    # Pixel counts: exact in float32 up to 2^24 pixels; the ratios in float64.
+    inter = (exact_masks.T @ fast_masks).astype(np.float64)
+    union = exact_masks.sum(0)[:, None] + fast_masks.sum(0)[None, :] - inter
+    iou = np.where(exact["class_ids"][:, None] == fast["class_ids"][None, :],
+                   inter / np.maximum(union, 1), 0.0)
+    matched = []
+    while iou.size and iou.max() >= 0.5:
+        row, col = np.unravel_index(np.argmax(iou), iou.shape)
+        matched.append(float(iou[row, col]))
+        iou[row, :] = -1
+        iou[:, col] = -1
+    return {"matched": len(matched), "exact": len(exact["class_ids"]),
+            "fast": len(fast["class_ids"]), "smallest_mask_iou": min(matched, default=None)}
 
 
 def agreement(ours, peer):
@@ -137,7 +189,8 @@ def time_setting(backbone, size, weights, args, tf_python):
     Returns (our summary, Matterport's summary or None, Matterport's time / ours per pair)."""
     image = test_image_file(size)
     ours = Worker([sys.executable, __file__, "--child", backbone, str(size), str(image),
-                   "--device", args.device, "--weights", str(weights)],
+                   "--device", args.device, "--weights", str(weights), "--batch", str(args.batch),
+                   "--precision", *args.precision],
                   f"the {backbone} {size} run")
     matterport = Worker(
         [tf_python, str(ROOT / "benchmarks" / "matterport_tf.py"), "--serve", "--matterport",
@@ -184,13 +237,21 @@ def main():
                         "else loads the machine")
     parser.add_argument("--no-record", action="store_true",
                         help="print only; do not append to benchmarks/RESULTS.md")
+    parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["exact"],
+                        help="precisions to time (mrcnn.precision); with a fast one, exact runs "
+                        "too, in alternation in the same process, and the table gives each "
+                        "one's speed-up over exact and its agreement with exact's detections "
+                        "(default: exact)")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="images per detect() call, run as one batch (times are per image)")
     parser.add_argument("--child", nargs=3, metavar=("BACKBONE", "SIZE", "IMAGE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.precision = list(dict.fromkeys(["exact", *args.precision]))
 
     if args.child:
         result = measure(args.child[0], int(args.child[1]), args.device, args.weights,
-                         args.child[2])
+                         args.child[2], tuple(args.precision), args.batch)
         print(json.dumps(result))
         return
 
@@ -209,7 +270,13 @@ def main():
         parser.error("the Matterport peer needs Matterport .h5 weights, not a .pth")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.batch < 1:
+        parser.error("--batch must be at least 1")
+    if peer and (len(args.precision) > 1 or args.batch > 1):
+        parser.error("--matterport compares one exact image per call; drop --precision/--batch")
 
+    if len(args.precision) > 1 or args.batch > 1:
+        return compare_precisions(args)
     load_before = os.getloadavg()[0]
     rows, checks, fastest_runs = [], [], []
     for backbone in args.backbones:
@@ -258,15 +325,61 @@ def main():
     else:
         notes.append("The Matterport Keras/TensorFlow peer was not run (pass --matterport and "
                      "--tensorflow-python to add it).")
-    notes.append(f"Load average (1 min) at the start / end: {load_before:.1f} / "
-                 f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")
-    notes += args.note
+    publish("detect() per image", args, header, rows, notes, load_before)
+
+
+def compare_precisions(args):
+    """The --precision/--batch table: per setting and precision, the time per image, the
+    speed-up over exact and the agreement with exact's detections."""
+    load_before = os.getloadavg()[0]
+    rows = []
+    for backbone in args.backbones:
+        weights = args.weights or synthetic_weights(backbone)
+        for size in args.sizes:
+            summary, _, _ = time_setting(backbone, size, weights, args, None)
+            memory = f"{summary['peak']['cpu_rss_mb']:.0f}"
+            if "gpu_mb" in summary["peak"]:
+                memory += f" / {summary['peak']['gpu_mb']:.0f}"
+            for precision in args.precision:
+                mode = summary["precisions"][precision]
+                agreement = mode["agreement"]
+                smallest = agreement["smallest_mask_iou"]
+                rows.append(
+                    [backbone, size, args.batch, precision, mode["detections"],
+                     f"{mode['seconds']['total'] * 1000:.0f}",
+                     f"{summary['speedup_vs_exact'][precision]:.2f}x",
+                     f"{agreement['matched']} of {agreement['exact']}",
+                     "—" if smallest is None else f"{smallest:.3f}"]
+                    + [f"{mode['seconds'][name] * 1000:.0f}" for name in STAGES] + [memory])
+    header = (["backbone", "size", "batch", "precision", "detections", "ms per image",
+               "speed-up vs exact", "matched (of exact's)", "smallest mask IoU"]
+              + [f"{s} ms" for s in STAGES]
+              + ["peak MB (RSS" + (" / GPU)" if args.device.startswith("cuda") else ")")])
+    notes = [
+        f"Median of {args.repeat} calls after one warm-up, device {args.device}, torch "
+        f"{summary['torch_threads']} threads, OMP_WAIT_POLICY {summary['omp_wait_policy']}; "
+        f"each call detects {args.batch} cop{'y' if args.batch == 1 else 'ies'} of the image in "
+        "one batch, times are per image. The precisions run in one process, alternating: each "
+        "call runs every precision once, in an order swapped from call to call; speed-up = the "
+        "median over the calls of exact's time / this precision's.",
+        "matched: exact's detections paired one to one with this precision's detections of the "
+        "same class, greedily by mask IoU (pairs with IoU >= 0.5); smallest mask IoU: over the "
+        "pairs. The weights are synthetic (random): their activations amplify rounding far more "
+        "than trained weights do. On a CPU tf32 is exact's arithmetic."]
+    publish("detect() per image by precision", args, header, rows, notes, load_before)
+
+
+def publish(title, args, header, rows, notes, load_before):
+    """Prints the table and its notes (with the load and the --note lines) and, unless
+    --no-record, appends them to RESULTS.md."""
+    notes = notes + [f"Load average (1 min) at the start / end: {load_before:.1f} / "
+                     f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores."] + args.note
     table = markdown_table(header, rows)
     if args.no_record:
         print(table)
         print("\n".join(notes))
     else:
-        record("detect() per image", args.device, table, notes)
+        record(title, args.device, table, notes)
 
 
 if __name__ == "__main__":

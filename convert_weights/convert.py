@@ -159,7 +159,9 @@ def _likely_reasons(file_shapes, model_shapes):
     reasons = []
     if file_says["BACKBONE"] and not any(name.startswith(HEAD_PREFIXES) for name in file_shapes):
         reasons.append("the file holds only a ResNet backbone (such as Keras's ImageNet "
-                       "weights), no FPN, RPN or heads; it needs a complete Mask R-CNN file")
+                       "weights), no FPN, RPN or heads: it can start a training (MaskRCNN."
+                       "load_weights, train.py --weights imagenet, load_weights(..., "
+                       "backbone_only=True)), while detection needs a complete Mask R-CNN file")
     elif 2 * len(file_shapes.keys() & model_shapes.keys()) < len(model_shapes):
         reasons.append(f"the file does not hold Matterport Mask R-CNN weights: only "
                        f"{len(file_shapes.keys() & model_shapes.keys())} of the model's "

@@ -6,7 +6,8 @@ full-model save) lists every layer in the attribute `layer_names` (split into `l
 `weight_names` names its datasets, e.g. `conv1/kernel:0` at `conv1/conv1/kernel:0`.
 TimeDistributed layers store the inner layer's weights under the wrapper name, and the shared
 RPN is one nested model group `rpn_model` holding `rpn_conv_shared/kernel:0`, ... Weights are
-keyed by the sublayer named in each weight name, never by position.
+keyed by the sublayer named in each weight name, never by position. Keras 1 files, whose weights
+are named `<layer>_W:0`, `<layer>_running_std:0`, ..., read the same.
 """
 import os
 import re
@@ -19,6 +20,10 @@ from mrcnn.weights import WeightsError, check_finite, is_hdf5
 
 DEDUP_SUFFIX = re.compile(r"_\d+$")
 VARIABLE_INDEX = re.compile(r":\d+$")
+# Keras 1 named a layer's weights "<layer>_<param>" with these params (its BatchNormalization's
+# "running_std" held the moving variance); Keras 2 names them "<layer>/<param>".
+KERAS1_PARAMS = {"W": "kernel", "b": "bias", "gamma": "gamma", "beta": "beta",
+                 "running_mean": "moving_mean", "running_std": "moving_variance"}
 
 
 def strip_dedup_suffix(name, known):
@@ -147,7 +152,17 @@ def _layer_datasets(group, layer_name, path):
                                "but holds no such dataset; the file is corrupt")
         *scopes, variable = weight_name.split("/")
         sublayer = strip_dedup_suffix(scopes[-1], {layer_name}) if scopes else layer_name
-        yield sublayer, VARIABLE_INDEX.sub("", variable), dataset
+        yield sublayer, _param_name(VARIABLE_INDEX.sub("", variable), sublayer), dataset
+
+
+def _param_name(variable, sublayer):
+    """The Keras 2 parameter name of a weight: `variable` itself, or for a Keras 1 name
+    "<sublayer>_<param>" (e.g. the ImageNet ResNet-50 of keras deep-learning-models v0.2) the
+    Keras 2 name of <param>."""
+    prefix = f"{sublayer}_"
+    if variable.startswith(prefix):
+        return KERAS1_PARAMS.get(variable[len(prefix):], variable)
+    return variable
 
 
 def _read_dataset(dataset, path, weight, allow_nonfinite):

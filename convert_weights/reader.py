@@ -15,15 +15,19 @@ from mrcnn.detector import MaskScoringRCNN
 from mrcnn.weights import MASKIOU_PREFIX, WeightsError, save_weights
 
 
-def load(model, path, progress=False, allow_nonfinite=False):
-    """Fills every Keras layer of `model` from the .h5 at `path`; returns the converted state
-    dict, keyed "<Keras layer>.<torch param>". The MaskIoU head is left as it is.
+def load(model, path, progress=False, layers=None, ignore=(), allow_nonfinite=False):
+    """Fills Keras layers of `model` from the .h5 at `path`; returns the converted state dict,
+    keyed "<Keras layer>.<torch param>". The MaskIoU head is left as it is.
+
+    layers: the Keras layer names to fill (default: all of model.keras_layers()); each must be
+        in the file and fit. ignore: layers of the file that are not loaded. Any other layer of
+        the file is an error, as is one that does not fit.
 
     Raises WeightsError naming the file when the weights do not fit or hold NaN or infinite
     values (unless allow_nonfinite); the model is then untouched."""
     keras_weights = read_keras_weights(path, progress=progress, allow_nonfinite=allow_nonfinite)
     try:
-        return load_keras_weights(model, keras_weights)
+        return load_keras_weights(model, keras_weights, layers, ignore)
     except WeightsError as error:
         raise WeightsError(f"{path}: {error}") from None
 
@@ -33,12 +37,16 @@ def describe(path):
     return describe_shapes(read_keras_weights(path, arrays=False))
 
 
-def load_keras_weights(model, keras_weights):
+def load_keras_weights(model, keras_weights, layers=None, ignore=()):
     """Loads read_keras_weights' result into `model` (see load)."""
-    layers = model.keras_layers()
-    _check_keras_layers_cover(model, layers)
-    state = convert(keras_weights, layers)
-    nn.ModuleDict(layers).load_state_dict(state, strict=False)
+    all_layers = model.keras_layers()
+    _check_keras_layers_cover(model, all_layers)
+    wanted = set(all_layers if layers is None else layers)
+    ignored = set(ignore)
+    selected = {name: module for name, module in all_layers.items() if name in wanted}
+    state = convert({name: weights for name, weights in keras_weights.items()
+                     if name not in ignored}, selected)
+    nn.ModuleDict(selected).load_state_dict(state, strict=False)
     return state
 
 

@@ -161,83 +161,31 @@ C10_HOST_DEVICE inline CornerGradients<T> corner_gradients(
   return corner_gradients(grad, sample.y_lerp, sample.x_lerp);
 }
 
-// Checks the arguments the forward and backward ops share, and returns boxes and box_ind ready
-// for the kernels. `data` is the image (forward) or the output gradient (backward).
+// Boxes and box_ind as the kernels read them, after the entry point's checks.
 struct KernelBoxes {
   at::Tensor boxes;    // [K, 4] contiguous, in the compute type (float64 for float64 data)
   at::Tensor box_ind;  // [K] contiguous int64
 };
 
-inline KernelBoxes check_boxes(
-    const char* op, const char* data_name, const at::Tensor& data, const at::Tensor& boxes,
-    const at::Tensor& box_ind, int64_t batch, int64_t height, int64_t width) {
-  const at::ScalarType dtype = data.scalar_type();
-  TORCH_CHECK(
-      dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
-      op, ": ", data_name, " must be float32, float64, float16 or bfloat16, got ", dtype);
-  TORCH_CHECK(height > 0 && width > 0, op, ": the image height and width must be positive, got ",
-              height, " x ", width);
-  // Pixel indices come from float coordinates, exact only up to 2^24.
-  constexpr int64_t max_float_size = int64_t{1} << 24;
-  TORCH_CHECK(dtype == at::kDouble || (height <= max_float_size && width <= max_float_size), op,
-              ": the image height and width must be at most 2^24 for ", dtype, " images, got ",
-              height, " x ", width);
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, op, ": boxes must be a [K, 4] tensor, got ",
-              boxes.sizes());
-  const int64_t num_boxes = boxes.size(0);
-  TORCH_CHECK(box_ind.dim() == 1 && box_ind.size(0) == num_boxes, op,
-              ": box_ind must be a [K] tensor with K = ", num_boxes, " (the rows of boxes), got ",
-              box_ind.sizes());
-  TORCH_CHECK(box_ind.scalar_type() == at::kInt || box_ind.scalar_type() == at::kLong, op,
-              ": box_ind must be int32 or int64, got ", box_ind.scalar_type());
-  TORCH_CHECK(boxes.scalar_type() == at::kFloat ||
-                  (boxes.scalar_type() == at::kDouble && dtype == at::kDouble),
-              op, ": boxes must be float32 (or float64 with a float64 ", data_name, "), got ",
-              boxes.scalar_type(), " boxes with a ", dtype, " ", data_name);
-  TORCH_CHECK(boxes.device() == data.device() && box_ind.device() == data.device(), op, ": ",
-              data_name, ", boxes and box_ind must be on the same device, got ", data.device(),
-              ", ", boxes.device(), " and ", box_ind.device());
-  if (num_boxes > 0) {
-    // One host sync on CUDA: an index out of range would read or write outside the image.
-    const auto [min_ind, max_ind] = at::aminmax(box_ind);
-    const at::Tensor range = at::stack({min_ind, max_ind}).cpu();
-    const int64_t lowest = range[0].item<int64_t>();
-    const int64_t highest = range[1].item<int64_t>();
-    TORCH_CHECK(lowest >= 0 && highest < batch, op, ": box_ind must be in [0, ", batch,
-                ") (the images in the batch), got values from ", lowest, " to ", highest);
-  }
-  const at::ScalarType coord_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
-  return {boxes.to(coord_dtype).contiguous(), box_ind.to(at::kLong).contiguous()};
-}
+// The argument checks of both devices (crop_and_resize_common.cpp): every entry point runs them
+// before it allocates or reads anything, so a bad argument is an exception with the same message
+// on the CPU and on CUDA, never an out-of-range access. They return boxes and box_ind ready for
+// the kernels.
+KernelBoxes check_forward_args(const at::Tensor& image, const at::Tensor& boxes,
+                               const at::Tensor& box_ind, int64_t crop_height,
+                               int64_t crop_width);
+KernelBoxes check_backward_args(const at::Tensor& grad, const at::Tensor& boxes,
+                                const at::Tensor& box_ind, int64_t batch, int64_t channels,
+                                int64_t height, int64_t width);
 
-// Checks the forward's arguments; returns boxes and box_ind ready for the kernels.
-inline KernelBoxes check_forward_args(
-    const at::Tensor& image, const at::Tensor& boxes, const at::Tensor& box_ind,
-    int64_t crop_height, int64_t crop_width) {
-  constexpr const char* op = "crop_and_resize";
-  TORCH_CHECK(image.dim() == 4, op, ": image must be a 4-D [N, C, H, W] tensor, got shape ",
-              image.sizes());
-  TORCH_CHECK(crop_height > 0 && crop_width > 0, op, ": crop size must be positive, got ",
-              crop_height, " x ", crop_width);
-  return check_boxes(op, "image", image, boxes, box_ind, image.size(0), image.size(2),
-                     image.size(3));
-}
-
-// Checks the backward's arguments; returns boxes and box_ind ready for the kernels.
-inline KernelBoxes check_backward_args(
-    const at::Tensor& grad, const at::Tensor& boxes, const at::Tensor& box_ind, int64_t batch,
-    int64_t channels, int64_t height, int64_t width) {
-  constexpr const char* op = "crop_and_resize_backward";
-  TORCH_CHECK(batch >= 0 && channels >= 0, op, ": batch and channels must be non-negative, got ",
-              batch, " and ", channels);
-  KernelBoxes kernel_boxes = check_boxes(op, "grad", grad, boxes, box_ind, batch, height, width);
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == boxes.size(0) && grad.size(1) == channels, op,
-              ": grad must be a [K, C, crop_height, crop_width] tensor with K = ", boxes.size(0),
-              " and C = ", channels, ", got shape ", grad.sizes());
-  TORCH_CHECK(grad.size(2) > 0 && grad.size(3) > 0, op, ": crop size must be positive, got ",
-              grad.size(2), " x ", grad.size(3));
-  return kernel_boxes;
-}
+// The CUDA kernels' launchers (crop_and_resize_cuda.cu), called by the CUDA entry points after
+// the checks.
+at::Tensor crop_and_resize_cuda(const at::Tensor& image, const KernelBoxes& kernel_boxes,
+                                int64_t crop_height, int64_t crop_width,
+                                double extrapolation_value);
+at::Tensor crop_and_resize_backward_cuda(const at::Tensor& grad, const KernelBoxes& kernel_boxes,
+                                         int64_t batch, int64_t channels, int64_t height,
+                                         int64_t width);
 
 // Checks `out`, the tensor crop_and_resize.out writes the crops of `image` into.
 inline void check_out(const at::Tensor& image, int64_t num_boxes, int64_t crop_height,

@@ -1,5 +1,6 @@
 // CUDA kernels of mrcnn::crop_and_resize and of its image gradient: one thread per element of
 // the [K, C, crop_height, crop_width] crops, computing in float (double for float64 images).
+// The launchers below run after the entry points' checks (crop_and_resize_common.cpp).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -7,7 +8,6 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <algorithm>
 
@@ -98,15 +98,16 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad,
   }
 }
 
-at::Tensor crop_and_resize_cuda(const at::Tensor& image, const at::Tensor& boxes,
-                                const at::Tensor& box_ind, int64_t crop_height,
-                                int64_t crop_width, double extrapolation_value) {
-  const KernelBoxes kernel_boxes =
-      check_forward_args(image, boxes, box_ind, crop_height, crop_width);
+}  // namespace
+
+at::Tensor crop_and_resize_cuda(const at::Tensor& image, const KernelBoxes& kernel_boxes,
+                                int64_t crop_height, int64_t crop_width,
+                                double extrapolation_value) {
   const c10::cuda::CUDAGuard device_guard(image.device());
   const at::Tensor input = image.contiguous();
   at::Tensor crops =
-      at::empty({boxes.size(0), image.size(1), crop_height, crop_width}, input.options());
+      at::empty({kernel_boxes.boxes.size(0), image.size(1), crop_height, crop_width},
+                input.options());
   const int64_t count = crops.numel();
   if (count == 0) {
     return crops;
@@ -125,11 +126,9 @@ at::Tensor crop_and_resize_cuda(const at::Tensor& image, const at::Tensor& boxes
   return crops;
 }
 
-at::Tensor crop_and_resize_backward_cuda(const at::Tensor& grad, const at::Tensor& boxes,
-                                         const at::Tensor& box_ind, int64_t batch,
-                                         int64_t channels, int64_t height, int64_t width) {
-  const KernelBoxes kernel_boxes =
-      check_backward_args(grad, boxes, box_ind, batch, channels, height, width);
+at::Tensor crop_and_resize_backward_cuda(const at::Tensor& grad, const KernelBoxes& kernel_boxes,
+                                         int64_t batch, int64_t channels, int64_t height,
+                                         int64_t width) {
   const c10::cuda::CUDAGuard device_guard(grad.device());
   const at::Tensor grad_crops = grad.contiguous();
   at::Tensor grad_image;
@@ -152,13 +151,6 @@ at::Tensor crop_and_resize_backward_cuda(const at::Tensor& grad, const at::Tenso
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
   return grad_image.to(grad.scalar_type());
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(mrcnn, CUDA, m) {
-  m.impl("crop_and_resize", &crop_and_resize_cuda);
-  m.impl("crop_and_resize_backward", &crop_and_resize_backward_cuda);
 }
 
 }  // namespace crop_and_resize

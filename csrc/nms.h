@@ -65,11 +65,20 @@ C10_HOST_DEVICE inline bool overlaps_above(
   return (a.area > T(0)) & (b.area > T(0)) & (iou > threshold);
 }
 
-// Checks what both kernels require of the arguments of mrcnn::nms; device-specific dtype
-// support is checked by each kernel.
+// Checks what both kernels require of the arguments of mrcnn::nms, before anything is allocated
+// or read; the CPU entry point then narrows the dtypes (nms_cpu.cpp), the CUDA one the dtypes and
+// the box count (nms_common.cpp).
 void check_nms_arguments(
     const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& idxs,
     double iou_threshold, double score_threshold);
+
+// The most boxes the CUDA kernel takes (its suppression mask has a grid row per 64 boxes).
+constexpr int64_t kMaxCudaBoxes = int64_t{64} * 65535;
+
+// The CUDA launcher (nms_cuda.cu), called by the CUDA entry point after the checks.
+at::Tensor nms_cuda(
+    const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& idxs,
+    double iou_threshold, int64_t max_output_size, double score_threshold);
 
 // Indices [K] (int64) of the boxes with score > score_threshold, by descending score; equal
 // scores keep ascending index order. NaN scores never pass the threshold.

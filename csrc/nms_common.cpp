@@ -1,5 +1,7 @@
 #include "nms.h"
 
+#include <torch/library.h>
+
 #include <cmath>
 #include <unordered_map>
 
@@ -60,5 +62,29 @@ Groups number_groups(const std::optional<at::Tensor>& values, int64_t num_candid
   }
   return groups;
 }
+
+#ifdef MRCNN_WITH_CUDA
+namespace {
+
+// Checks, then launches: an argument error is raised before any CUDA code runs.
+at::Tensor nms_cuda_entry(
+    const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& idxs,
+    double iou_threshold, int64_t max_output_size, double score_threshold) {
+  check_nms_arguments(boxes, scores, idxs, iou_threshold, score_threshold);
+  TORCH_CHECK(boxes.scalar_type() == at::kFloat || boxes.scalar_type() == at::kDouble ||
+                  boxes.scalar_type() == at::kHalf || boxes.scalar_type() == at::kBFloat16,
+              "nms: boxes on CUDA must be float32, float64, float16 or bfloat16, got ",
+              boxes.scalar_type());
+  TORCH_CHECK(boxes.size(0) <= kMaxCudaBoxes, "nms: at most ", kMaxCudaBoxes,
+              " boxes on CUDA, got ", boxes.size(0));
+  return nms_cuda(boxes, scores, idxs, iou_threshold, max_output_size, score_threshold);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mrcnn, CUDA, m) {
+  m.impl("nms", &nms_cuda_entry);
+}
+#endif  // MRCNN_WITH_CUDA
 
 }  // namespace mrcnn

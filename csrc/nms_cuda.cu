@@ -1,12 +1,12 @@
 // CUDA kernel of mrcnn::nms, the bitmask algorithm: after a stable sort by score, one kernel
 // records for every pair of candidates (i, j > i) whether i would suppress j, as one bit in
-// 64-bit words; the greedy pass then reads the mask on the host after a single copy.
+// 64-bit words; the greedy pass then reads the mask on the host after a single copy. The launcher
+// runs after the entry point's checks (nms_common.cpp).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -19,8 +19,8 @@ namespace {
 
 // Boxes per mask word, and threads per block of the mask kernel.
 constexpr int kWordBits = 64;
-// gridDim.y limit: one grid row per word of a mask row.
-constexpr int64_t kMaxWordsPerRow = 65535;
+// The grid has a row per word of a mask row, at most 65535 (gridDim.y), hence kMaxCudaBoxes.
+static_assert(kMaxCudaBoxes <= kWordBits * int64_t{65535}, "the grid would be too tall");
 
 // mask[i][w] bit b: candidate i (sorted order) has IoU > threshold with candidate
 // j = 64 * w + b > i in its group. Block (x, y) fills word x of the 64 rows of word-block y;
@@ -88,14 +88,11 @@ std::vector<int64_t> select_from_mask(
   return selected;
 }
 
+}  // namespace
+
 at::Tensor nms_cuda(
     const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& idxs,
     double iou_threshold, int64_t max_output_size, double score_threshold) {
-  check_nms_arguments(boxes, scores, idxs, iou_threshold, score_threshold);
-  TORCH_CHECK(boxes.scalar_type() == at::kFloat || boxes.scalar_type() == at::kDouble ||
-                  boxes.scalar_type() == at::kHalf || boxes.scalar_type() == at::kBFloat16,
-              "nms: boxes on CUDA must be float32, float64, float16 or bfloat16, got ",
-              boxes.scalar_type());
   const c10::cuda::CUDAGuard device_guard(boxes.device());
   const at::Tensor order = candidates_by_score(scores, score_threshold);
   const int64_t n = order.numel();
@@ -103,8 +100,6 @@ at::Tensor nms_cuda(
     return order;
   }
   const int64_t words_per_row = (n + kWordBits - 1) / kWordBits;
-  TORCH_CHECK(words_per_row <= kMaxWordsPerRow, "nms: at most ", kMaxWordsPerRow * kWordBits,
-              " candidate boxes on CUDA, got ", n);
 
   // float16 and bfloat16 boxes are computed in float32.
   const at::ScalarType compute_type =
@@ -134,12 +129,6 @@ at::Tensor nms_cuda(
   const at::Tensor positions = at::empty({static_cast<int64_t>(selected.size())}, at::kLong);
   std::copy(selected.begin(), selected.end(), positions.data_ptr<int64_t>());
   return order.index_select(0, positions.to(boxes.device()));
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(mrcnn, CUDA, m) {
-  m.impl("nms", &nms_cuda);
 }
 
 }  // namespace mrcnn

@@ -178,54 +178,26 @@ C10_HOST_DEVICE inline T pool_bin(const scalar_t* plane, const RoiBins<T>& bins,
   return sum / bins.count();
 }
 
-// Host-side argument checks, the same for both devices.
+// The argument checks of both devices (roi_align_common.cpp): every entry point runs them before
+// it allocates or reads anything, so a bad argument is an exception with the same message on the
+// CPU and on CUDA, never an out-of-range access. Batch indices are checked on the host, so on
+// CUDA the call waits for the rois.
+void check_forward_args(const at::Tensor& input, const at::Tensor& rois, int64_t pooled_height,
+                        int64_t pooled_width);
+void check_backward_args(const at::Tensor& grad, const at::Tensor& rois, int64_t pooled_height,
+                         int64_t pooled_width, int64_t batch, int64_t channels, int64_t height,
+                         int64_t width);
 
-inline void check_rois(const at::Tensor& rois, const at::Tensor& other, const char* other_name,
-                       int64_t batch) {
-  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5,
-              "roi_align: rois must be a Tensor[K, 5] of (batch_index, x1, y1, x2, y2), got shape ",
-              rois.sizes());
-  TORCH_CHECK(rois.is_floating_point(), "roi_align: rois must be a floating-point tensor, got ",
-              rois.scalar_type());
-  TORCH_CHECK(rois.device() == other.device(), "roi_align: ", other_name,
-              " and rois must be on the same device, got ", other.device(), " and ",
-              rois.device());
-  const at::Tensor index = rois.select(1, 0);
-  // NaN indices fail both comparisons and are rejected too. On CUDA this syncs with the host,
-  // the price of never reading outside the input.
-  const at::Tensor valid = index.ge(0).logical_and(index.lt(batch));
-  TORCH_CHECK(valid.all().item<bool>(), "roi_align: rois[:, 0] must hold batch indices in [0, ",
-              batch, "), got ", index.masked_select(valid.logical_not())[0].item<double>());
-}
-
-inline void check_pooled_size(int64_t pooled_height, int64_t pooled_width) {
-  TORCH_CHECK(pooled_height > 0 && pooled_width > 0,
-              "roi_align: output size must be positive, got (", pooled_height, ", ", pooled_width,
-              ")");
-}
-
-inline void check_forward_args(const at::Tensor& input, const at::Tensor& rois,
-                               int64_t pooled_height, int64_t pooled_width) {
-  TORCH_CHECK(input.dim() == 4, "roi_align: input must be a 4-D tensor [N, C, H, W], got shape ",
-              input.sizes());
-  check_pooled_size(pooled_height, pooled_width);
-  check_rois(rois, input, "input", input.size(0));
-}
-
-inline void check_backward_args(const at::Tensor& grad, const at::Tensor& rois,
-                                int64_t pooled_height, int64_t pooled_width, int64_t batch,
-                                int64_t channels, int64_t height, int64_t width) {
-  check_pooled_size(pooled_height, pooled_width);
-  TORCH_CHECK(batch >= 0 && channels >= 0 && height >= 0 && width >= 0,
-              "roi_align_backward: the input shape must be non-negative, got [", batch, ", ",
-              channels, ", ", height, ", ", width, "]");
-  check_rois(rois, grad, "grad", batch);
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
-                  grad.size(2) == pooled_height && grad.size(3) == pooled_width,
-              "roi_align_backward: grad must have shape [K, C, pooled_height, pooled_width] = [",
-              rois.size(0), ", ", channels, ", ", pooled_height, ", ", pooled_width, "], got ",
-              grad.sizes());
-}
+// The CUDA kernels' launchers (roi_align_cuda.cu), called by the CUDA entry points after the
+// checks.
+at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& rois,
+                                  double spatial_scale, int64_t pooled_height,
+                                  int64_t pooled_width, int64_t sampling_ratio, bool aligned);
+at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& rois,
+                                   double spatial_scale, int64_t pooled_height,
+                                   int64_t pooled_width, int64_t batch, int64_t channels,
+                                   int64_t height, int64_t width, int64_t sampling_ratio,
+                                   bool aligned);
 
 // Checks `out`, the tensor roi_align.out writes the pooled bins of `input` into.
 inline void check_out(const at::Tensor& input, int64_t num_rois, int64_t pooled_height,

@@ -1,5 +1,6 @@
 // CUDA kernels of mrcnn::roi_align and mrcnn::roi_align_backward (float32, float64, and
 // float16/bfloat16 computed in float32). One thread per output (or output-gradient) element.
+// The launchers below run after the entry points' checks (roi_align_common.cpp).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -7,7 +8,6 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <algorithm>
 
@@ -24,14 +24,6 @@ constexpr int64_t kMaxBlocks = 65536;
 unsigned int num_blocks(int64_t num_threads) {
   return static_cast<unsigned int>(
       std::min((num_threads + kThreadsPerBlock - 1) / kThreadsPerBlock, kMaxBlocks));
-}
-
-void check_cuda_dtype(const at::Tensor& tensor, const char* name) {
-  const at::ScalarType dtype = tensor.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
-                  dtype == at::kBFloat16,
-              "roi_align on CUDA supports float32, float64, float16 and bfloat16 ", name, ", got ",
-              dtype);
 }
 
 // Position of a flat index into the [K, C, pooled_height, pooled_width] output.
@@ -85,11 +77,11 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad, const T* __re
   }
 }
 
+}  // namespace
+
 at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& rois,
                                   double spatial_scale, int64_t pooled_height,
                                   int64_t pooled_width, int64_t sampling_ratio, bool aligned) {
-  check_forward_args(input, rois, pooled_height, pooled_width);
-  check_cuda_dtype(input, "input");
   const c10::cuda::CUDAGuard device_guard(input.device());
   at::Tensor output =
       at::empty({rois.size(0), input.size(1), pooled_height, pooled_width}, input.options());
@@ -118,8 +110,6 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
                                    int64_t pooled_width, int64_t batch, int64_t channels,
                                    int64_t height, int64_t width, int64_t sampling_ratio,
                                    bool aligned) {
-  check_backward_args(grad, rois, pooled_height, pooled_width, batch, channels, height, width);
-  check_cuda_dtype(grad, "grad");
   const c10::cuda::CUDAGuard device_guard(grad.device());
   const at::Tensor grad_ = grad.contiguous();
   at::Tensor grad_input;
@@ -142,13 +132,6 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
   return grad_input.to(grad.scalar_type());
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(mrcnn, CUDA, m) {
-  m.impl("roi_align", &roi_align_forward_cuda);
-  m.impl("roi_align_backward", &roi_align_backward_cuda);
 }
 
 }  // namespace roi_align

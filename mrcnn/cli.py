@@ -26,11 +26,13 @@ from pathlib import Path
 
 import torch
 
-from mrcnn.config import CocoConfig, Config
+from mrcnn.atomic import remove_stale_temporaries
+from mrcnn.config import PRECISIONS, CocoConfig, Config, read_json_fields
 from mrcnn.images import DEFAULT_MAX_PIXELS
 from mrcnn.weights import (CHECKPOINT_VERSION, DownloadError, MaskIoUHeadNotInFileWarning,
                            WeightsError, cache_dir, cached_converted_weights, checkpoint_config,
-                           coco_weights_path, is_hdf5, load_weights, save_weights)
+                           coco_weights_path, describe_weights, is_hdf5, load_weights,
+                           save_weights)
 
 INIT_SEED = 0
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
@@ -43,10 +45,17 @@ WEIGHTS_HELP = (
     "the cache ($MRCNN_CACHE, else $XDG_CACHE_HOME/mrcnn, else ~/.cache/mrcnn) and converted to "
     ".pth once. Offline, download mask_rcnn_coco.h5 elsewhere and pass it here")
 CONFIG_HELP = (
-    "JSON object of Config fields (any subset; the others keep Matterport's Config defaults, so "
-    "a COCO model's file needs at least BACKBONE and NUM_CLASSES 81). Default: the config saved "
-    "in a .pth checkpoint given as --weights, else the COCO config")
+    "JSON object of Config fields (any subset; the others keep Matterport's Config defaults, "
+    "BACKBONE and NUM_CLASSES those a Keras .h5 given as --weights was made for; CLASS_NAMES "
+    "names the classes). Default: the config saved in a .pth checkpoint given as --weights; for "
+    "a Keras .h5 its BACKBONE and NUM_CLASSES (with COCO's class names for 81 classes); else "
+    "the COCO config")
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when available, else cpu)"
+PRECISION_HELP = (
+    "arithmetic of the forward pass: exact (float32 with TF32 off: Matterport's numbers), tf32 "
+    "(TF32 convolutions and matmuls on recent GPUs; the same as exact on a CPU) or bf16 "
+    "(bfloat16 network layers: fastest on GPUs and on CPUs with AVX512-BF16/AMX, detections "
+    "close to exact's but not equal)")
 
 
 class CliError(Exception):
@@ -139,6 +148,13 @@ def add_model_arguments(parser):
     return parser
 
 
+def add_precision_argument(parser, default_help="the config's PRECISION, exact unless set"):
+    """Adds --precision (mrcnn.precision) to an ArgumentParser; None when not given."""
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help=f"{PRECISION_HELP}. Default: {default_help}")
+    return parser
+
+
 def resolve_device(name=None):
     """The torch.device for --device (None: cuda when available, else cpu).
 
@@ -180,26 +196,59 @@ def join_processes(device_name=None):
     return device
 
 
-def build_config(config_path=None, weights=None, **overrides):
+def build_config(config_path=None, weights=None, defaults=None, **overrides):
     """The model's Config, then `overrides` (Config fields) applied.
 
     - config_path given: its JSON fields over Matterport's Config defaults (Config.from_json);
+      BACKBONE and NUM_CLASSES, where the file does not set them, come from a Keras .h5 given as
+      `weights` (what its weights were made for, as the converter reads it);
     - else, weights an mrcnn .pth checkpoint: the config saved in it;
-    - else (Matterport's COCO weights, or a Keras .h5): CocoConfig.
+    - else, a Keras .h5: its BACKBONE and NUM_CLASSES, over CocoConfig for COCO's 81 classes and
+      over Config otherwise;
+    - else (Matterport's COCO weights): CocoConfig.
+    `defaults` ({field: value}, e.g. a dataset's NUM_CLASSES and CLASS_NAMES) fill the fields
+    that none of these set; CLASS_NAMES only when it has NUM_CLASSES names.
 
     Raises CliError for a bad config file or values, FileNotFoundError for missing weights, and
     WeightsError for a weights file that is neither a Keras .h5 nor an mrcnn checkpoint.
     """
     try:
-        if config_path is not None:
-            return Config.from_json(config_path, **overrides)
-        if weights is not None and not is_hdf5(_existing(weights)):
+        if config_path is None and weights is not None and not is_hdf5(_existing(weights)):
             return checkpoint_config(weights).update(**overrides)
-        return CocoConfig(**overrides)
+        values = {} if config_path is None else read_json_fields(config_path)
+        # The weights file is read only for what the config file does not say.
+        needs_file = weights is not None and not {"BACKBONE", "NUM_CLASSES"} <= set(values)
+        from_weights = _keras_fields(_existing(weights)) if needs_file else {}
+        if config_path is not None:
+            base = Config
+        else:
+            base = CocoConfig if from_weights.get("NUM_CLASSES", 81) == 81 else Config
+        values = dict(from_weights, **values)
+        values.update({field: value for field, value in _fitting(defaults or {}, values, base)
+                       .items() if field not in values})
+        if config_path is not None:
+            return Config.from_json(config_path, defaults=values, **overrides)
+        return base.from_dict(values, **overrides)
     except (KeyError, ValueError) as error:
         if isinstance(error, WeightsError):
             raise
         raise CliError(error.args[0] if error.args else str(error)) from None
+
+
+def _keras_fields(path):
+    """{BACKBONE, NUM_CLASSES} a Keras .h5 was made for, where it tells; {} for other files."""
+    if not is_hdf5(path):
+        return {}
+    return {field: value for field, value in describe_weights(path).items() if value is not None}
+
+
+def _fitting(defaults, values, base):
+    """`defaults` without a CLASS_NAMES whose length is not the NUM_CLASSES of the config."""
+    num_classes = values.get("NUM_CLASSES", defaults.get("NUM_CLASSES", base.NUM_CLASSES))
+    names = defaults.get("CLASS_NAMES")
+    if names is not None and len(names) != num_classes:
+        return {field: value for field, value in defaults.items() if field != "CLASS_NAMES"}
+    return defaults
 
 
 def load_model(config, weights=None, device="cpu", progress=True):
@@ -270,6 +319,34 @@ def _existing(path):
     if not path.is_file():
         raise FileNotFoundError(errno.ENOENT, "weights file not found", str(path))
     return path
+
+
+def make_out_dir(out):
+    """Path(out), created with its parents, without the temporary files that writers killed
+    there left (mrcnn.atomic); CliError when that is impossible."""
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CliError(f"--out {out_dir} exists and is not a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CliError(f"cannot create the output folder {out_dir}: "
+                       f"{error_message(error)}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise CliError(f"--out {out_dir} is not writable")
+    remove_stale_temporaries(out_dir)
+    return out_dir
+
+
+def check_no_overwrite(out_dir, names, inputs):
+    """Raises CliError when a file `names` (file names) in out_dir would replace one of the
+    `inputs` (paths), links followed."""
+    inputs = {os.path.realpath(path): path for path in inputs if path is not None}
+    for name in names:
+        clash = inputs.get(os.path.realpath(Path(out_dir) / name))
+        if clash is not None:
+            raise CliError(f"--out {out_dir} would overwrite the input {clash}; choose another "
+                           "output folder")
 
 
 def drawable(result, model):

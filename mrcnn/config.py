@@ -30,11 +30,20 @@ COCO_CLASS_NAMES = [
     "teddy bear", "hair drier", "toothbrush",
 ]
 
+# COCO's category id of each of COCO_CLASS_NAMES[1:] (COCO numbers its 80 categories 1 to 90).
+COCO_CATEGORY_IDS = [
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28,
+    31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54,
+    55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81,
+    82, 84, 85, 86, 87, 88, 89, 90,
+]
+
 RESIZE_MODES = ("none", "square", "pad64", "crop")
 # Resize modes in which the molded shape depends on the image.
 PER_IMAGE_MODES = ("pad64", "none")
 BACKBONES = ("resnet50", "resnet101")
 POOLERS = ("crop_and_resize", "roi_align")
+PRECISIONS = ("exact", "tf32", "bf16")   # see mrcnn.precision
 
 
 class Config:
@@ -116,6 +125,11 @@ class Config:
 
     # Mask Scoring R-CNN: weight of the MaskIoU regression loss.
     MASKIOU_LOSS_WEIGHT = 1.0
+
+    # Arithmetic of the inference forward pass (mrcnn.precision): "exact" (float32, TF32 off:
+    # Matterport's numbers), "tf32" (TF32 convolutions and matmuls on recent GPUs) or "bf16"
+    # (bfloat16 autocast for the network layers).
+    PRECISION = "exact"
 
     # Values computed from the fields above; from_dict accepts them only when they describe
     # this config (see derived_value_problem).
@@ -269,6 +283,9 @@ class Config:
                              "supported")
         if self.IMAGES_PER_GPU < 1 or self.GPU_COUNT < 1:
             raise ValueError("IMAGES_PER_GPU and GPU_COUNT must be >= 1")
+        if self.PRECISION not in PRECISIONS:
+            raise ValueError(f"PRECISION must be one of {', '.join(PRECISIONS)}, "
+                             f"got {self.PRECISION!r}")
 
     def class_names(self):
         """Display names for the NUM_CLASSES classes."""
@@ -305,17 +322,13 @@ class Config:
         return config
 
     @classmethod
-    def from_json(cls, path, **overrides):
-        """Reads a JSON object of Config fields (any subset; e.g. a reference config.json)."""
-        try:
-            with open(path) as f:
-                values = json.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file not found: {path}") from None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"config file {path} is not valid JSON: {error}") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"config file {path} must hold a JSON object of Config fields")
+    def from_json(cls, path, defaults=None, **overrides):
+        """Reads a JSON object of Config fields (any subset; e.g. a reference config.json).
+
+        `defaults` ({field: value}) fill the fields the file does not set; `overrides` replace
+        any.
+        """
+        values = dict(defaults or {}, **read_json_fields(path))
         try:
             return cls.from_dict(values, **overrides)
         except (KeyError, ValueError) as error:
@@ -324,10 +337,19 @@ class Config:
     def __eq__(self, other):
         return isinstance(other, Config) and self.to_dict() == other.to_dict()
 
+    def display(self):
+        """Prints every field and derived value, one per line, as Matterport's display()."""
+        print("\nConfigurations:")
+        for name in self._display_names():
+            print(f"{name:30} {getattr(self, name)}")
+        print("\n")
+
     def __repr__(self):
-        lines = [f"{name:28} {getattr(self, name)!r}"
-                 for name in sorted(self.field_names() + list(self.DERIVED))]
+        lines = [f"{name:28} {getattr(self, name)!r}" for name in self._display_names()]
         return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
+
+    def _display_names(self):
+        return sorted(self.field_names() + list(self.DERIVED))
 
 
 class CocoConfig(Config):
@@ -337,6 +359,20 @@ class CocoConfig(Config):
     IMAGES_PER_GPU = 2
     NUM_CLASSES = 81
     CLASS_NAMES = COCO_CLASS_NAMES
+
+
+def read_json_fields(path):
+    """The JSON object of Config fields in the file `path`, as a dict (not checked)."""
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"config file {path} is not valid JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a JSON object of Config fields")
+    return values
 
 
 def backbone_shapes(image_hw, strides):

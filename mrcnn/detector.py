@@ -15,8 +15,9 @@ from mrcnn.detection import DetectionLayer
 from mrcnn.heads import BoxHead, MaskHead, MaskIoUHead, PyramidROIAlign
 from mrcnn.images import to_rgb_uint8
 from mrcnn.molding import mold_inputs, molded_shape
+from mrcnn.precision import Precision, check_precision
 from mrcnn.rpn import RPN, ProposalLayer
-from mrcnn.unmold import unmold_detections
+from mrcnn.unmold import unmold_batch
 from mrcnn.weights import checkpoint_config, describe_weights, is_keras_file, load_weights
 
 
@@ -107,61 +108,77 @@ class MaskScoringRCNN(nn.Module):
 
     def segment(self, boxes, box_image, class_ids, pyramid, image_hw):
         """boxes [R, 4] of images box_image [R] with classes class_ids [R] ->
-        (masks [R, K, 28, 28] of every class, predicted mask IoU [R] of each box's class)."""
+        (masks [R, K, 28, 28] of every class, the MaskIoU head's output [R, K] for the mask of
+        each box's class: column class_ids[r] is that mask's predicted IoU)."""
         pooled = self.mask_roi_align(boxes, box_image, pyramid[:4], image_hw)
         masks = self.mask_head(pooled)
-        rows = torch.arange(len(boxes), device=boxes.device)
-        class_masks = masks[rows, class_ids]
-        mask_iou = self.maskiou_head(pooled, class_masks)[rows, class_ids]
-        return masks, mask_iou
+        class_masks = masks[torch.arange(len(boxes), device=boxes.device), class_ids]
+        return masks, self.maskiou_head(pooled, class_masks)
 
-    def infer(self, molded_images, image_metas, mask_all_rows=False, timer=None):
+    def infer(self, molded_images, image_metas, anchors=None, mask_all_rows=False, timer=None,
+              precision=None):
         """The whole inference graph on a batch of molded images of one size.
 
-        molded_images [B, 3, H, W] float32, image_metas [B, META] (Matterport's image meta) ->
+        molded_images [B, 3, H, W] float32, image_metas [B, META] (Matterport's image meta),
+        anchors [A, 4] or [B, A, 4] normalised (default: the config's anchors for the size) ->
         dict of tensors: pyramid, anchors, rpn_class, rpn_bbox, rpn_rois, mrcnn_class,
         mrcnn_bbox, detections; how the proposals and detections were chosen (INSPECTION_OUTPUTS:
         the ProposalLayer's Proposals and the DetectionLayer's Detections, which the layers
         compute anyway); and for the detection rows that carry a class (all rows, padding
         included, with mask_all_rows): mask_rows [R] (flat index b*MAX + i), mrcnn_mask
-        [R, K, 28, 28], class_masks [R, 28, 28] (the mask of the row's class), mask_iou [R]
-        (predicted IoU of that mask) and mask_scores [R] (class score x mask_iou).
+        [R, K, 28, 28], class_masks [R, 28, 28] (the mask of the row's class), mask_ious [R, K]
+        (the MaskIoU head's output for that mask), mask_iou [R] (its column of the row's class:
+        the mask's predicted IoU) and mask_scores [R] (class score x mask_iou).
 
         `timer(stage_name)`, when given, is a context manager wrapped around each stage (the
-        benchmarks time them with it).
+        benchmarks time them with it). `precision` (default config.PRECISION): "exact", "tf32"
+        or "bf16" (see mrcnn.precision); the floating-point outputs are float32 in all three.
         """
         timer = timer or _no_timer
+        scope = Precision(precision or self.config.PRECISION, molded_images.device)
         image_hw = tuple(molded_images.shape[-2:])
-        with timer("backbone+fpn"):
-            # Channels-last convolutions are the fast ones on the CPU (oneDNN) and on GPUs.
-            pyramid = self.pyramid(molded_images.contiguous(memory_format=torch.channels_last))
-        with timer("rpn+proposals"):
-            anchors = self.anchors(image_hw, molded_images.device)
-            _, rpn_class, rpn_bbox = self.rpn(pyramid)
-            proposals = self.proposal_layer.propose(rpn_class, rpn_bbox, anchors,
-                                                    self.config.POST_NMS_ROIS_INFERENCE)
-        with timer("box head"):
-            # The RoI pooling reads the channels-last levels as they are (its fast layout).
-            pooled_levels = pyramid[:4]
-            mrcnn_class, mrcnn_bbox = self.classify(proposals.rois, pooled_levels, image_hw)
-        with timer("detection"):
-            windows = norm_boxes(image_metas[:, 7:11], image_metas[0, 4:6])
-            detected = self.detection_layer.detect(proposals.rois, mrcnn_class, mrcnn_bbox,
-                                                   windows)
-        with timer("mask+maskiou heads"):
-            flat = detected.detections.reshape(-1, 6)
-            class_ids = flat[:, 4].to(torch.int64)
-            mask_rows = (torch.arange(len(flat), device=flat.device) if mask_all_rows
-                         else torch.nonzero(class_ids > 0).squeeze(1))
-            box_image = mask_rows // detected.detections.shape[1]
-            row_classes = class_ids[mask_rows]
-            mrcnn_mask, mask_iou = self.segment(flat[mask_rows, :4], box_image, row_classes,
-                                                pooled_levels, image_hw)
-            class_masks = mrcnn_mask[torch.arange(len(mask_rows), device=flat.device),
-                                     row_classes]
-        return {"pyramid": pyramid, "anchors": anchors, "rpn_class": rpn_class,
-                "rpn_bbox": rpn_bbox, "rpn_rois": proposals.rois, "mrcnn_class": mrcnn_class,
-                "mrcnn_bbox": mrcnn_bbox, "detections": detected.detections,
+        with scope.flags():
+            with timer("backbone+fpn"), scope.network():
+                # Channels-last convolutions are the fast ones on the CPU (oneDNN) and on GPUs.
+                pyramid = self.pyramid(molded_images.contiguous(memory_format=torch.channels_last))
+            with timer("rpn+proposals"):
+                if anchors is None:
+                    anchors = self.anchors(image_hw, molded_images.device)
+                with scope.network():
+                    _, rpn_class, rpn_bbox = self.rpn(pyramid)
+                rpn_class, rpn_bbox = rpn_class.float(), rpn_bbox.float()
+                proposals = self.proposal_layer.propose(rpn_class, rpn_bbox, anchors,
+                                                        self.config.POST_NMS_ROIS_INFERENCE)
+            with timer("box head"):
+                # The RoI pooling kernels read float32 maps, the channels-last levels as they are
+                # (their fast layout); bf16 levels are converted once.
+                pooled_levels = [p.float() for p in pyramid[:4]]
+                with scope.network():
+                    mrcnn_class, mrcnn_bbox = self.classify(proposals.rois, pooled_levels,
+                                                            image_hw)
+                mrcnn_class, mrcnn_bbox = mrcnn_class.float(), mrcnn_bbox.float()
+            with timer("detection"):
+                windows = norm_boxes(image_metas[:, 7:11], image_metas[0, 4:6])
+                detected = self.detection_layer.detect(proposals.rois, mrcnn_class, mrcnn_bbox,
+                                                       windows)
+            with timer("mask+maskiou heads"):
+                flat = detected.detections.reshape(-1, 6)
+                class_ids = flat[:, 4].to(torch.int64)
+                mask_rows = (torch.arange(len(flat), device=flat.device) if mask_all_rows
+                             else torch.nonzero(class_ids > 0).squeeze(1))
+                box_image = mask_rows // detected.detections.shape[1]
+                row_classes = class_ids[mask_rows]
+                with scope.network():
+                    mrcnn_mask, mask_ious = self.segment(flat[mask_rows, :4], box_image,
+                                                         row_classes, pooled_levels, image_hw)
+                mrcnn_mask, mask_ious = mrcnn_mask.float(), mask_ious.float()
+                rows = torch.arange(len(mask_rows), device=flat.device)
+                class_masks = mrcnn_mask[rows, row_classes]
+                mask_iou = mask_ious[rows, row_classes]
+        return {"pyramid": pooled_levels + [pyramid[4].float()], "anchors": anchors,
+                "rpn_class": rpn_class, "rpn_bbox": rpn_bbox, "rpn_rois": proposals.rois,
+                "mrcnn_class": mrcnn_class, "mrcnn_bbox": mrcnn_bbox,
+                "detections": detected.detections,
                 "rpn_roi_scores": proposals.scores, "rpn_roi_anchor_ids": proposals.anchor_ids,
                 "rpn_candidate_ids": proposals.candidate_ids,
                 "rpn_candidate_scores": proposals.candidate_scores,
@@ -169,20 +186,23 @@ class MaskScoringRCNN(nn.Module):
                 "roi_scores": detected.roi_scores, "roi_class_ids": detected.roi_class_ids,
                 "roi_refined_boxes": detected.refined_rois,
                 "mask_rows": mask_rows, "mrcnn_mask": mrcnn_mask, "class_masks": class_masks,
-                "mask_iou": mask_iou, "mask_scores": flat[mask_rows, 5] * mask_iou}
+                "mask_ious": mask_ious, "mask_iou": mask_iou,
+                "mask_scores": flat[mask_rows, 5] * mask_iou}
 
     # User entry points.
 
     @torch.inference_mode()
-    def detect(self, images, batch_size=None):
+    def detect(self, images, batch_size=None, precision=None):
         """Detects instances in a list of HxWx3 uint8 RGB images (any count, any sizes).
 
-        Images are molded as Matterport does and run in batches of up to `batch_size`
-        (default config.BATCH_SIZE) images of the same molded size. Returns, per image, a dict
-        of numpy arrays: rois [N, 4] int32 (y1, x1, y2, x2 image pixels), class_ids [N] int32,
-        scores [N] float32, mask_scores [N] float32 (class score x predicted mask IoU),
-        masks [H, W, N] bool.
+        Images are molded as Matterport does (on the model's device) and run in batches of up
+        to `batch_size` (default config.BATCH_SIZE) images of the same molded size, one forward
+        pass per batch. `precision` (default config.PRECISION): "exact", "tf32" or "bf16", see
+        mrcnn.precision. Returns, per image, a dict of numpy arrays: rois [N, 4] int32 (y1, x1,
+        y2, x2 image pixels), class_ids [N] int32, scores [N] float32, mask_scores [N] float32
+        (class score x predicted mask IoU), masks [H, W, N] bool.
         """
+        precision = check_precision(precision or self.config.PRECISION)
         images = rgb_images(images)
         batch_size = batch_size or self.config.BATCH_SIZE
         groups = defaultdict(list)
@@ -192,24 +212,26 @@ class MaskScoringRCNN(nn.Module):
         for indices in groups.values():
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start:start + batch_size]
-                batch_results = self.run_batch([images[i] for i in chunk]).results
+                batch_results = self.run_batch([images[i] for i in chunk],
+                                               precision=precision).results
                 for index, result in zip(chunk, batch_results):
                     results[index] = result
         return results
 
     @torch.inference_mode()
-    def run_batch(self, images, mask_all_rows=False, timer=None):
+    def run_batch(self, images, mask_all_rows=False, timer=None, precision=None):
         """Molds images of one molded size, runs `infer` and unmolds the detections: the one
         path of detect() and run_stages().
 
-        images: a list of images as detect() takes them; mask_all_rows and timer: see infer
-        (timer also wraps the "molding" and "unmolding" stages). Returns a Run.
+        images: a list of images as detect() takes them; mask_all_rows, timer and precision:
+        see infer (timer also wraps the "molding" and "unmolding" stages). Returns a Run.
         """
         images = rgb_images(images)
         timer = timer or _no_timer
         with timer("molding"):
             molded, metas, windows = mold_inputs(images, self.config, device=self.device)
-        outputs = self.infer(molded, metas, mask_all_rows=mask_all_rows, timer=timer)
+        outputs = self.infer(molded, metas, mask_all_rows=mask_all_rows, timer=timer,
+                             precision=precision)
         with timer("unmolding"):
             results = unmold_results(images, outputs, tuple(molded.shape[-2:]), windows)
         return Run(molded, metas, windows, outputs, results)
@@ -288,14 +310,6 @@ def _no_timer(name):
 
 def unmold_results(images, outputs, molded_hw, windows):
     """Per-image result dicts (see MaskScoringRCNN.detect) from the outputs of `infer`."""
-    detections = outputs["detections"]
-    rows = outputs["mask_rows"]
-    image_of_row = rows // detections.shape[1]
-    has_class = detections.reshape(-1, 6)[rows, 4] > 0
-    results = []
-    for b, image in enumerate(images):
-        mine = (image_of_row == b) & has_class
-        results.append(unmold_detections(
-            detections[b, :int(mine.sum())], outputs["class_masks"][mine], image.shape,
-            molded_hw, windows[b], mask_scores=outputs["mask_scores"][mine]))
-    return results
+    return unmold_batch(outputs["detections"], outputs["class_masks"], outputs["mask_rows"],
+                        [image.shape for image in images], molded_hw, windows,
+                        mask_scores=outputs["mask_scores"])

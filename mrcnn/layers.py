@@ -58,11 +58,10 @@ def pad_per_image(rows, image_index, batch, count):
 
     Each image gets its first `count` rows in their given order, then zero rows.
     """
-    order = torch.sort(image_index, stable=True).indices
-    rows, image_index = rows[order], image_index[order]
-    per_image = torch.bincount(image_index, minlength=batch)
-    first = torch.cumsum(per_image, 0) - per_image
-    rank = torch.arange(len(image_index), device=rows.device) - first[image_index]
+    # A row's rank within its image: how many rows of its image come before it. Counted with
+    # fixed-shape ops (no data-dependent sizes), so the graph exports (mrcnn.export).
+    of_image = image_index[:, None] == torch.arange(batch, device=rows.device)
+    rank = (torch.cumsum(of_image, 0) - 1).gather(1, image_index[:, None]).squeeze(1)
     fits = rank < count
     out = rows.new_zeros((batch, count) + rows.shape[1:])
     out[image_index[fits], rank[fits]] = rows[fits]

@@ -43,9 +43,15 @@ def mrcnn_class_loss(logits, target_class_ids, active_class_ids):
     each image's own are used here, which is the same when all images share a dataset.
     """
     losses = F.cross_entropy(logits.flatten(0, 1), target_class_ids.flatten(), reduction="none")
-    predicted = logits.argmax(dim=2, keepdim=True)
-    active = active_class_ids.to(logits.dtype).gather(1, predicted.flatten(1)).flatten()
+    active = predicted_active(logits, active_class_ids)
     return (losses * active).sum() / active.sum().clamp(min=1.0)
+
+
+def predicted_active(logits, active_class_ids):
+    """logits [B, T, K], active_class_ids [B, K] -> [B * T]: 1 where the row's predicted class
+    is active in its image, else 0 (the rows mrcnn_class_loss averages over)."""
+    predicted = logits.argmax(dim=2, keepdim=True)
+    return active_class_ids.to(logits.dtype).gather(1, predicted.flatten(1)).flatten()
 
 
 def mrcnn_bbox_loss(deltas, target_class_ids, target_deltas):
@@ -72,6 +78,24 @@ def maskiou_loss(predicted_iou, target_iou):
     0.5 * (p - t)^2 over the RoIs whose target IoU is > 0."""
     used = target_iou > 0
     return mean_or_zero(0.5 * (predicted_iou[used] - target_iou[used]) ** 2, predicted_iou)
+
+
+def loss_counts(match, class_logits, target_class_ids, active_class_ids, target_iou):
+    """How many terms each loss above averages over, as float tensors: {loss name: count}, for
+    a batch's rpn match [B, A], class logits [B, T, K], target class ids [B, T], active class
+    ids [B, K] and the MaskIoU targets [P] of its positive rows. The L2 term has no count.
+
+    A loss of a part of a batch times its count, summed over the parts and divided by the
+    summed count, is the loss of the whole batch: what data-parallel training needs."""
+    positives = (target_class_ids > 0).sum().float()
+    return {
+        "rpn_class_loss": (match != 0).sum().float(),
+        "rpn_bbox_loss": (match == 1).sum().float(),
+        "mrcnn_class_loss": predicted_active(class_logits, active_class_ids).sum().float(),
+        "mrcnn_bbox_loss": positives,
+        "mrcnn_mask_loss": positives,
+        "maskiou_loss": (target_iou > 0).sum().float(),
+    }
 
 
 def l2_regularization(parameters, weight_decay):

@@ -41,7 +41,9 @@ def resize_batch(images, output_hws):
 
     Args:
         images: [N, H, W] or [N, H, W, C].
-        output_hws: [N, 2] output (h, w) per image, all >= 1.
+        output_hws: [N, 2] output (h, w) per image, all >= 1. Given as numpy or a list, the
+            sizes are checked on the host and the resize does not wait for the device; a device
+            tensor is read back once.
 
     Returns:
         [N, max_h, max_w(, C)]: image i fills [:h_i, :w_i] and is 0 beyond. Each image is clipped
@@ -53,24 +55,33 @@ def resize_batch(images, output_hws):
                          f"{list(images.shape)}")
     if images.is_complex():
         raise TypeError("resize_batch does not resize complex images")
-    sizes = torch.as_tensor(output_hws, dtype=torch.int64, device=images.device)
-    if sizes.shape != (images.shape[0], 2):
+    host_sizes = (output_hws.cpu() if torch.is_tensor(output_hws)
+                  else torch.as_tensor(np.asarray(output_hws, dtype=np.int64)))
+    if host_sizes.shape != (images.shape[0], 2):
         raise ValueError(f"output_hws must have shape [{images.shape[0]}, 2], got "
-                         f"{list(sizes.shape)}")
+                         f"{list(host_sizes.shape)}")
     if images.shape[1] < 1 or images.shape[2] < 1:
         raise ValueError(f"cannot resize empty images of shape {list(images.shape)}")
     if images.shape[0] == 0:
         empty = images.new_zeros((0, 0, 0) + tuple(images.shape[3:]),
                                  dtype=_output_dtype(images.dtype))
         return _like_input(empty, was_numpy)
-    if bool((sizes < 1).any()):
-        raise ValueError(f"output sizes must be >= 1, got {sizes.tolist()}")
+    if bool((host_sizes < 1).any()):
+        raise ValueError(f"output sizes must be >= 1, got {host_sizes.tolist()}")
+    frame_hw = tuple(int(v) for v in host_sizes.max(0).values)
+    sizes = to_device(host_sizes.to(torch.int64), images.device)
+    return _like_input(resize_to_frame(images, sizes, frame_hw), was_numpy)
 
+
+def resize_to_frame(images, sizes, frame_hw):
+    """The arithmetic of `resize_batch`, without checks and without reading anything back from
+    the device: images [N, H, W(, C)] (H, W >= 1), sizes [N, 2] int64 tensor on their device
+    (each >= 1), frame_hw >= the largest size -> [N, frame_h, frame_w(, C)]."""
     with_channels = images if images.dim() == 4 else images[..., None]
     if with_channels.dtype == torch.bool:
         with_channels = with_channels.to(torch.float64)
     count, height, width, _ = with_channels.shape
-    frame_h, frame_w = (int(v) for v in sizes.max(0).values)
+    frame_h, frame_w = frame_hw
     row_taps = _linear_taps(height, sizes[:, 0], frame_h)
     col_taps = _linear_taps(width, sizes[:, 1], frame_w)
     out = _interpolate(with_channels, row_taps, col_taps).to(_output_dtype(images.dtype))
@@ -82,9 +93,20 @@ def resize_batch(images, output_hws):
     outside_rows = torch.arange(frame_h, device=out.device) >= sizes[:, :1]
     outside_cols = torch.arange(frame_w, device=out.device) >= sizes[:, 1:]
     out.masked_fill_(outside_rows[:, :, None, None] | outside_cols[:, None, :, None], 0)
-    if images.dim() == 3:
-        out = out[..., 0]
-    return _like_input(out, was_numpy)
+    return out if images.dim() == 4 else out[..., 0]
+
+
+def to_device(value, device):
+    """A numpy array or CPU tensor as a tensor on `device`.
+
+    To CUDA the copy goes through pinned memory and does not wait: it is queued on the current
+    stream, so the kernels queued after it see the data, and the host carries on meanwhile.
+    """
+    tensor = value if torch.is_tensor(value) else torch.from_numpy(np.ascontiguousarray(value))
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square", rng=None):
@@ -169,7 +191,7 @@ def mold_image(images, mean_pixel):
         float32 array/tensor of the same shape.
     """
     tensor, was_numpy = _as_tensor(images)
-    mean = torch.as_tensor(mean_pixel, dtype=torch.float64, device=tensor.device)
+    mean = to_device(np.asarray(mean_pixel, dtype=np.float64), tensor.device)
     if mean.dim() != 1 or tensor.shape[-1] != mean.numel():
         raise ValueError(f"mean_pixel has {mean.numel()} values but the images have "
                          f"{tensor.shape[-1]} channels (last axis)")
@@ -263,7 +285,7 @@ def mold_inputs(images, config, device=None):
         raise ValueError(f"the images mold to different shapes {shapes}; group them by "
                          "molded_shape() and mold each group separately")
     batch = torch.stack(molded).permute(0, 3, 1, 2).contiguous()
-    image_metas = torch.from_numpy(np.stack(metas)).to(device=batch.device, dtype=torch.float32)
+    image_metas = to_device(np.stack(metas).astype(np.float32), batch.device)
     return batch, image_metas, np.array(windows, dtype=np.int32)
 
 
@@ -384,9 +406,8 @@ def _output_dtype(dtype):
 def _as_tensor(value, device=None):
     """(tensor, whether the input was not a tensor); array-likes go through numpy."""
     if torch.is_tensor(value):
-        return (value if device is None else value.to(device)), False
-    array = np.ascontiguousarray(value)
-    return torch.from_numpy(array).to(device or "cpu"), True
+        return (value if device is None else to_device(value, device)), False
+    return to_device(np.asarray(value), device or "cpu"), True
 
 
 def _like_input(tensor, was_numpy):

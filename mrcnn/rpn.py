@@ -67,7 +67,7 @@ class ProposalLayer(nn.Module):
                              persistent=False)
 
     def forward(self, probs, deltas, anchors, proposal_count):
-        """probs [B, A, 2], deltas [B, A, 4], anchors [A, 4] normalised ->
+        """probs [B, A, 2], deltas [B, A, 4], anchors [A, 4] or [B, A, 4] normalised ->
         proposals [B, proposal_count, 4] normalised, in descending score order, zero-padded."""
         return self.propose(probs, deltas, anchors, proposal_count).rois
 
@@ -96,13 +96,14 @@ class ProposalLayer(nn.Module):
             candidate_ids=top, candidate_scores=scores, candidate_boxes=boxes)
 
     def top_anchors(self, probs, deltas, anchors, k):
-        """The k <= A anchors of highest foreground score, before NMS ->
+        """The k <= A anchors [A, 4] or [B, A, 4] of highest foreground score, before NMS ->
         (scores [B, k], anchor indices [B, k], refined boxes [B, k, 4] clipped to [0, 1])."""
         scores = probs[..., 1]
         # A stable sort keeps equal scores in anchor order, as tf.nn.top_k does.
         top = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
         scores = scores.gather(1, top)
-        deltas = deltas.gather(1, top[..., None].expand(-1, -1, 4)) * self.bbox_std_dev
-        boxes = apply_box_deltas(anchors[top], deltas)
+        index = top[..., None].expand(-1, -1, 4)
+        deltas = deltas.gather(1, index) * self.bbox_std_dev
+        boxes = apply_box_deltas(anchors.expand(len(top), -1, -1).gather(1, index), deltas)
         boxes = clip_boxes(boxes, boxes.new_tensor([0.0, 0.0, 1.0, 1.0]))
         return scores, top, boxes

@@ -61,11 +61,18 @@ def best_instances(boxes, gt_boxes, gt_class_ids):
 def random_subset(mask, limit, generator=None):
     """Keeps at most limit[b] of the True entries of each row of mask [B, N], chosen uniformly.
 
-    limit: int or tensor [B]. Returns (kept mask [B, N], rank [B, N]): rank orders each row's True
-    entries randomly (0, 1, ...) and is N elsewhere, so the kept entries are those with
-    rank < limit and their ranks shuffle them.
+    limit: int or tensor [B]. generator: one torch.Generator for the batch, or a sequence of B,
+    one per row, so that a row's choice does not depend on the other rows of its batch (then a
+    batch split over processes samples as the whole batch does in one).
+    Returns (kept mask [B, N], rank [B, N]): rank orders each row's True entries randomly
+    (0, 1, ...) and is N elsewhere, so the kept entries are those with rank < limit and their
+    ranks shuffle them.
     """
-    keys = torch.rand(mask.shape, generator=generator, device=mask.device)
+    if isinstance(generator, (list, tuple)):
+        keys = torch.stack([torch.rand(mask.shape[1:], generator=row_generator,
+                                       device=mask.device) for row_generator in generator])
+    else:
+        keys = torch.rand(mask.shape, generator=generator, device=mask.device)
     order = torch.where(mask, keys, 2.0).argsort(dim=1)
     positions = torch.arange(mask.shape[1], device=mask.device).expand_as(order)
     rank = torch.empty_like(order).scatter_(1, order, positions)
@@ -88,7 +95,8 @@ def rpn_targets(anchors, gt_boxes, gt_class_ids, anchors_per_image=256,
     An anchor is negative when its best IoU is < negative_iou and it overlaps no crowd (IoU
     < 0.001), positive when its best IoU is >= positive_iou or it is (one of) the best anchor(s)
     of an instance. At most anchors_per_image // 2 positives are kept, then at most
-    anchors_per_image minus their count negatives, both uniformly at random.
+    anchors_per_image minus their count negatives, both uniformly at random (drawn from
+    `generator`, see random_subset).
     """
     batch = gt_boxes.shape[0]
     gt_class_ids, gt_boxes = with_padding_instance(gt_class_ids, gt_boxes.to(anchors.dtype))
@@ -136,8 +144,9 @@ def detection_targets(proposals, gt_class_ids, gt_boxes, gt_masks, rois_per_imag
 
     Positives (best IoU with an instance >= 0.5) are sampled up to int(rois_per_image *
     positive_ratio), then negatives (best IoU < 0.5, no crowd overlap >= 0.001) up to
-    int32(float32(1 / positive_ratio) * P) - P; each row's instance is its best-IoU one. Mask
-    targets are crop_and_resize of the instance's mask to the RoI, rounded half to even.
+    int32(float32(1 / positive_ratio) * P) - P (drawn from `generator`, see random_subset);
+    each row's instance is its best-IoU one. Mask targets are crop_and_resize of the instance's
+    mask to the RoI, rounded half to even.
     """
     batch = proposals.shape[0]
     gt_class_ids, gt_boxes, gt_masks = with_padding_instance(gt_class_ids, gt_boxes, gt_masks)

@@ -8,8 +8,8 @@ from torch import nn
 from mrcnn.anchors import pyramid_pixel_anchors
 from mrcnn.boxes import norm_boxes
 from mrcnn.layers import BatchNorm2d
-from mrcnn.losses import (l2_regularization, maskiou_loss, mrcnn_bbox_loss, mrcnn_class_loss,
-                          mrcnn_mask_loss, rpn_bbox_loss, rpn_class_loss)
+from mrcnn.losses import (l2_regularization, loss_counts, maskiou_loss, mrcnn_bbox_loss,
+                          mrcnn_class_loss, mrcnn_mask_loss, rpn_bbox_loss, rpn_class_loss)
 from mrcnn.targets import detection_targets, maskiou_targets, rpn_targets
 
 # Matterport's layer groups (MaskRCNN.train), as full matches of Keras layer names, plus
@@ -73,7 +73,8 @@ class TrainingModel(nn.Module):
 
     The wrapper is the module to hand to DistributedDataParallel, so that the whole forward,
     targets included, runs under it. Random sampling of anchors and RoIs draws from `generator`
-    (on the model's device), which the caller seeds for reproducible steps.
+    (on the model's device): one torch.Generator, or one per image (see
+    mrcnn.targets.random_subset), which the caller seeds for reproducible steps.
     """
 
     def __init__(self, model):
@@ -113,10 +114,11 @@ class TrainingModel(nn.Module):
         return match, rpn_target_deltas, targets
 
     def forward(self, images, gt_class_ids, gt_boxes, gt_masks, active_class_ids,
-                generator=None):
+                generator=None, return_counts=False):
         """images [B, 3, H, W] molded, gt_class_ids [B, G] (0 padding, < 0 crowd), gt_boxes
         [B, G, 4] pixels, gt_masks [B, G, h, w] bool (mini-masks or full masks per
-        config.USE_MINI_MASK), active_class_ids [B, K] -> dict of scalar losses."""
+        config.USE_MINI_MASK), active_class_ids [B, K] -> dict of scalar losses; with
+        `return_counts` also the count of terms behind each (mrcnn.losses.loss_counts)."""
         model, config = self.model, self.model.config
         image_hw = tuple(images.shape[-2:])
         device = images.device
@@ -146,7 +148,7 @@ class TrainingModel(nn.Module):
         predicted_iou = model.maskiou_head(mask_pooled, class_masks)[positives, classes].float()
         target_iou = maskiou_targets(class_masks, mask_targets, targets.mask_ratios[image, row])
 
-        return {
+        losses = {
             "rpn_class_loss": rpn_class_loss(rpn_logits, match),
             "rpn_bbox_loss": rpn_bbox_loss(rpn_deltas, match, rpn_target_deltas),
             "mrcnn_class_loss": mrcnn_class_loss(class_logits, targets.class_ids,
@@ -156,6 +158,10 @@ class TrainingModel(nn.Module):
             "maskiou_loss": maskiou_loss(predicted_iou, target_iou),
             "l2_loss": l2_regularization(regularized_parameters(model), config.WEIGHT_DECAY),
         }
+        if not return_counts:
+            return losses
+        return losses, loss_counts(match, class_logits, targets.class_ids, active_class_ids,
+                                   target_iou)
 
 
 def total_loss(losses, config):

@@ -7,8 +7,10 @@ Checkpoints (.pth) are torch.save'd dicts written atomically by `save_weights`:
 HDF5 signature, not the name). This module never reads HDF5 itself: the Keras reader is a plugin
 that `convert_weights` registers under the package entry point group `mrcnn.weight_readers`
 (name `keras_h5`), so the model's core depends on no converter. A reader module provides
-`load(model, path, progress)` (fills every Keras layer of the model, strictly) and
-`describe(path)` ({"BACKBONE", "NUM_CLASSES"} the file was made for, None where it does not say).
+`load(model, path, progress, layers=None, ignore=())` (fills the Keras layers `layers` of the
+model, default all, strictly: each from the file, and every weight of the file used except
+those of the `ignore` layers) and `describe(path)` ({"BACKBONE", "NUM_CLASSES"} the file was made
+for, None where it does not say).
 
 The model side of the contract: `model.config` is its Config, `model.keras_layers()` maps Keras
 layer names to modules, and the MaskIoU head's parameters are named `maskiou_head.*`.
@@ -21,14 +23,33 @@ Downloaded and converted files live in `cache_dir()`:
 
 A file enters the cache only whole: it is written under a temporary name in the same directory
 and renamed once complete and checked, so an interrupted or failed download leaves nothing
-behind. Offline, pass a file you downloaded yourself (`--weights PATH` in the scripts).
+behind (and what a killed process left is removed on the next use of the cache). A file with a
+known SHA-256 is hashed once, after the download or the first time it is found without a record,
+and the result recorded beside it in `<name>.verified` (size, modification time, SHA-256); a file
+whose size or modification time no longer match its record is hashed again, and one whose
+content is not the expected file is downloaded again. Offline, pass a file you downloaded
+yourself (`--weights PATH` in the scripts).
+
+Training runs (mrcnn.trainer) write into their run directory, per epoch N:
+
+    epoch_NNNN.pth        a model checkpoint as above, plus "training": {"epoch", "global_step",
+                          ...} (small, JSON-like), so that it is also weights for load_weights
+    epoch_NNNN.state.pth  the rest of the training state that resume needs (optimiser,
+                          schedule, gradient scaler, random generators):
+                          {"format": "mrcnn-training-state", "version": 1, "epoch", "global_step",
+                          ...}; kept for the newest checkpoint only
+
+`save_epoch_checkpoint` writes the state file first and the model checkpoint second, each
+atomically, so an epoch counts as complete (`latest_resumable`) only when both are there and
+agree on epoch and step; a write cut short never leaves a pair that resume would pick.
+`export_weights` turns any checkpoint into a weights-only file for inference.
 """
-import copy
 import hashlib
 import http.client
 import importlib.metadata
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -38,11 +59,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mrcnn.atomic import atomic_path, atomic_write
+from mrcnn.atomic import atomic_path, atomic_write, remove_stale_temporaries
 from mrcnn.config import Config
 
 CHECKPOINT_FORMAT = "mrcnn"
 CHECKPOINT_VERSION = 1
+TRAINING_STATE_FORMAT = "mrcnn-training-state"
+TRAINING_STATE_VERSION = 1
+EPOCH_CHECKPOINT = re.compile(r"epoch_(\d{4,})\.pth")
+VERIFIED_SUFFIX = ".verified"
 MASKIOU_PREFIX = "maskiou_head."
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -54,6 +79,11 @@ SHAPE_FIELDS = ("BACKBONE", "NUM_CLASSES", "IMAGE_CHANNEL_COUNT", "TOP_DOWN_PYRA
 # Layers whose shapes depend on NUM_CLASSES: fine-tuning from weights of another class count
 # re-initialises them.
 CLASS_LAYERS = ("mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_mask", "mrcnn_maskiou")
+# Layers of Matterport's Keras model that hold no weights. Matterport's samples name some of them
+# in load_weights(exclude=...) (e.g. "mrcnn_bbox"); excluding them changes nothing.
+KERAS_LAYERS_WITHOUT_WEIGHTS = ("mrcnn_bbox", "mrcnn_class", "mrcnn_detection", "rpn_class",
+                                "rpn_class_logits", "rpn_bbox", "ROI", "roi_align_classifier",
+                                "roi_align_mask")
 LIST_LIMIT = 12
 
 COCO_WEIGHTS_URL = (
@@ -68,6 +98,16 @@ COCO_WEIGHTS_FILENAME = "mask_rcnn_coco.h5"
 # the error says so and nothing is cached; compare with `sha256sum` before changing the value.
 COCO_WEIGHTS_SIZE = 257_557_808
 COCO_WEIGHTS_SHA256 = "ee7eeb918fe544c8bc1fd0f1f9588bf9f8e0e1055a4d12a98f83fa83c5f8b36d"
+
+# Keras's ImageNet ResNet-50 without its classifier, the file Matterport's get_imagenet_weights
+# downloads. The MD5 is the one Keras and Matterport check it against (keras get_file's md5_hash);
+# the size is the Content-Length of the release asset that Keras's download logs print
+# ("94658560/94653016").
+IMAGENET_WEIGHTS_URL = ("https://github.com/fchollet/deep-learning-models/releases/download/v0.2/"
+                        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
+IMAGENET_WEIGHTS_FILENAME = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+IMAGENET_WEIGHTS_SIZE = 94_653_016
+IMAGENET_WEIGHTS_MD5 = "a268eb855778b3df3c7506639542a6af"
 
 # Seconds to wait for the connection and then for each read: an unreachable host fails fast.
 DEFAULT_TIMEOUT = 10.0
@@ -90,7 +130,8 @@ class PoolerMismatchWarning(UserWarning):
     """Loaded weights were trained with another Config.POOLER than the model pools with."""
 
 
-def load_weights(model, path, progress=False, allow_nonfinite=False):
+def load_weights(model, path, progress=False, exclude=(), backbone_only=False,
+                 allow_nonfinite=False):
     """Loads a Matterport Keras .h5 (converted on the fly) or an mrcnn .pth into `model`.
 
     An .h5 must fill every Keras layer of the model exactly; the MaskIoU head keeps its
@@ -100,25 +141,43 @@ def load_weights(model, path, progress=False, allow_nonfinite=False):
     holding NaN or infinite values is an error naming it, unless `allow_nonfinite`.
     `progress` shows a progress bar while an .h5 is read.
 
-    Raises FileNotFoundError, or WeightsError saying what is wrong with the file; a file that
-    does not fit leaves the model untouched.
+    exclude: layer names (model.named_layers(), Matterport's Keras names) that keep their
+        current weights; the file's weights for them are ignored, so they may have another
+        shape (the class layers, CLASS_LAYERS, of weights made for another class count). Every
+        other layer loads as strictly as without `exclude`.
+    backbone_only: the file holds the ResNet alone (Keras's ImageNet ResNet-50, see
+        imagenet_weights_path): it fills the ResNet layers exactly and the FPN, RPN and heads
+        keep their weights.
+
+    Raises FileNotFoundError, ValueError for an `exclude` name that is no layer, or WeightsError
+    saying what is wrong with the file; a file that does not fit leaves the model untouched.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
+    selected = _selected_layers(model, exclude, backbone_only)
     if is_keras_file(path):
-        keras_reader(path).load(model, path, progress=progress, allow_nonfinite=allow_nonfinite)
-        if any(name.startswith(MASKIOU_PREFIX) for name, _ in model.named_parameters()):
+        if selected is not None:
+            selected = [name for name in selected if name in model.keras_layers()]
+        keras_reader(path).load(model, path, progress=progress, layers=selected,
+                                ignore=set(exclude), allow_nonfinite=allow_nonfinite)
+        if not backbone_only and any(name.startswith(MASKIOU_PREFIX)
+                                     for name, _ in model.named_parameters()):
             warnings.warn("the .h5 has no MaskIoU head; it keeps its initialisation",
                           MaskIoUHeadNotInFileWarning, stacklevel=2)
         return
     checkpoint = read_checkpoint(path)
-    _check_config(checkpoint["config"], model.config, f"{path} was saved for")
-    _check_state_dict(checkpoint["state_dict"], model.state_dict(), path)
+    if selected is None:
+        _check_config(checkpoint["config"], model.config, f"{path} was saved for")
+        state = checkpoint["state_dict"]
+        _check_state_dict(state, model.state_dict(), path)
+    else:
+        state = _state_of_layers(model, checkpoint["state_dict"], selected)
+        _check_state_dict(state, _state_of_layers(model, model.state_dict(), selected), path)
     if not allow_nonfinite:
-        for name, tensor in checkpoint["state_dict"].items():
+        for name, tensor in state.items():
             check_finite(tensor, f"{path}: weight {name}")
-    model.load_state_dict(checkpoint["state_dict"])
+    model.load_state_dict(state, strict=selected is None)
     # Same shapes either way, but the features the heads learnt from differ.
     pooler = checkpoint["config"].get("POOLER", Config.POOLER)
     if pooler != model.config.POOLER:
@@ -143,21 +202,30 @@ def check_finite(values, subject):
                            "convert_weights, loads it anyway)")
 
 
-def save_weights(model, config, path):
+def save_weights(model, config, path, training=None):
     """Writes the whole model and its config to an mrcnn checkpoint `path`, atomically.
 
     Either the complete file appears at `path` or, on any failure, `path` is left as it was.
-    `config` must have the model's weight shapes (SHAPE_FIELDS).
+    `config` must have the model's weight shapes (SHAPE_FIELDS). `training`, a small dict of
+    plain values (epoch, step, settings of a training run), is stored under "training".
     """
     _check_config(config.to_dict(), model.config, "the config given to save_weights is for")
-    checkpoint = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "config": config.to_dict(),
-        "state_dict": {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
-    }
+    state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    _write_checkpoint(path, config.to_dict(), state_dict, training)
+
+
+def _write_checkpoint(path, config_dict, state_dict, training=None):
+    checkpoint = {**checkpoint_header(), "config": config_dict, "state_dict": state_dict}
+    if training is not None:
+        checkpoint["training"] = training
     with atomic_write(path) as f:
         torch.save(checkpoint, f)
+
+
+def checkpoint_header(format=CHECKPOINT_FORMAT):
+    """The entries that identify an mrcnn file: {"format", "version"}."""
+    version = TRAINING_STATE_VERSION if format == TRAINING_STATE_FORMAT else CHECKPOINT_VERSION
+    return {"format": format, "version": version}
 
 
 def read_checkpoint(path):
@@ -169,6 +237,9 @@ def read_checkpoint(path):
     except Exception as error:  # torch.load raises many types for files that are not its own.
         raise WeightsError(f"{path} is neither a Keras .h5 file nor a PyTorch checkpoint "
                            f"({type(error).__name__}: {error})") from None
+    if isinstance(checkpoint, dict) and checkpoint.get("format") == TRAINING_STATE_FORMAT:
+        raise WeightsError(f"{path} is the training state of a run (optimiser and schedule, "
+                           "for resuming), not model weights; use the epoch_NNNN.pth beside it")
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise WeightsError(f"{path} is a PyTorch file but not an mrcnn checkpoint (no "
                            f"'format': {CHECKPOINT_FORMAT!r} entry); write checkpoints with "
@@ -186,6 +257,98 @@ def read_checkpoint(path):
 def checkpoint_config(path):
     """The Config stored in an mrcnn checkpoint (to build the model it fits)."""
     return Config.from_dict(read_checkpoint(path)["config"])
+
+
+def export_weights(source, dest):
+    """Writes the weights and config of the checkpoint `source` (a training run's epoch_NNNN.pth
+    or any mrcnn .pth) to `dest` as a weights-only checkpoint, atomically. Returns Path(dest)."""
+    checkpoint = read_checkpoint(source)
+    _write_checkpoint(dest, checkpoint["config"], checkpoint["state_dict"])
+    return Path(dest)
+
+
+# Training runs: a model checkpoint and the training state per epoch (see the module docstring).
+
+def epoch_checkpoint_path(run_dir, epoch):
+    return Path(run_dir) / f"epoch_{epoch:04d}.pth"
+
+
+def training_state_path(run_dir, epoch):
+    return Path(run_dir) / f"epoch_{epoch:04d}.state.pth"
+
+
+def epoch_checkpoints(run_dir):
+    """{epoch: path} of the model checkpoints epoch_NNNN.pth of a run directory, oldest first."""
+    run_dir = Path(run_dir)
+    found = {}
+    if run_dir.is_dir():
+        for path in run_dir.iterdir():
+            match = EPOCH_CHECKPOINT.fullmatch(path.name)
+            if match:
+                found[int(match[1])] = path
+    return dict(sorted(found.items()))
+
+
+def save_epoch_checkpoint(run_dir, model, config, training, state, keep_last=0):
+    """Writes epoch training["epoch"] of a run: its training state, then its model checkpoint.
+
+    training: small dict of plain values with at least "epoch" and "global_step", stored in the
+        model checkpoint (see save_weights).
+    state: what resuming needs beyond the weights (optimizer, scheduler, ... state dicts).
+    keep_last: keep this many model checkpoints, the newest (0: all). The training state is
+        kept for this newest checkpoint only.
+    Returns the model checkpoint's path.
+    """
+    epoch = training["epoch"]
+    state_file = training_state_path(run_dir, epoch)
+    with atomic_write(state_file) as f:
+        torch.save({**checkpoint_header(TRAINING_STATE_FORMAT), "epoch": epoch,
+                    "global_step": training["global_step"], **state}, f)
+    path = epoch_checkpoint_path(run_dir, epoch)
+    save_weights(model, config, path, training)
+    for old in Path(run_dir).glob("epoch_*.state.pth"):
+        if old != state_file:
+            old.unlink()
+    if keep_last:
+        for old in list(epoch_checkpoints(run_dir).values())[:-keep_last]:
+            old.unlink()
+    return path
+
+
+def latest_resumable(run_dir):
+    """(model checkpoint, training state) paths of the newest epoch of a run directory that has
+    both, or None. Temporary files of interrupted writes never match."""
+    for epoch, path in reversed(epoch_checkpoints(run_dir).items()):
+        state_file = training_state_path(run_dir, epoch)
+        if state_file.is_file():
+            return path, state_file
+    return None
+
+
+def read_training_checkpoint(checkpoint_path, state_path):
+    """(checkpoint, state): the model checkpoint (read_checkpoint, with its "training" dict) and
+    the training state dict of one epoch, checked to belong together. Raises WeightsError."""
+    checkpoint = read_checkpoint(checkpoint_path)
+    training = checkpoint.get("training")
+    if not isinstance(training, dict):
+        raise WeightsError(f"{checkpoint_path} holds weights only, not a training run's "
+                           "checkpoint")
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises many types for damaged files.
+        raise WeightsError(f"{state_path} cannot be read ({type(error).__name__}: {error}); "
+                           "it is damaged") from None
+    if not isinstance(state, dict) or state.get("format") != TRAINING_STATE_FORMAT:
+        raise WeightsError(f"{state_path} is not an mrcnn training state")
+    if state.get("version") != TRAINING_STATE_VERSION:
+        raise WeightsError(f"{state_path} is a training state of format version "
+                           f"{state.get('version')!r}; this code reads version "
+                           f"{TRAINING_STATE_VERSION}")
+    pair = [(source.get("epoch"), source.get("global_step")) for source in (training, state)]
+    if pair[0] != pair[1]:
+        raise WeightsError(f"{state_path} (epoch, step {pair[1]}) does not belong to "
+                           f"{checkpoint_path} (epoch, step {pair[0]})")
+    return checkpoint, state
 
 
 def describe_weights(path):
@@ -212,7 +375,7 @@ def load_pretrained(model, path, log=print):
         if file_classes in (None, model.config.NUM_CLASSES):
             load_weights(model, path)
         else:
-            _load_other_class_count(model, path, file_classes)
+            load_weights(model, path, exclude=CLASS_LAYERS)
             log(f"{path} was trained for {file_classes} classes and the model has "
                 f"{model.config.NUM_CLASSES}: {', '.join(CLASS_LAYERS)} keep their fresh "
                 "initialisation")
@@ -220,18 +383,48 @@ def load_pretrained(model, path, log=print):
         log(f"note: {warning.message}")
 
 
-def _load_other_class_count(model, path, file_classes):
-    """Loads weights made for `file_classes` classes into all but the model's CLASS_LAYERS."""
-    donor_config = copy.deepcopy(model.config)
-    donor_config.update(NUM_CLASSES=file_classes, CLASS_NAMES=None)
-    donor = type(model)(donor_config)
-    load_weights(donor, path)
+def _selected_layers(model, exclude, backbone_only):
+    """The names of the model's layers (named_layers()) that a load fills; None: all."""
+    if not exclude and not backbone_only:
+        return None
+    if isinstance(exclude, str):
+        raise TypeError(f"exclude must be a list of layer names, got the string {exclude!r}")
+    layers = model.named_layers()
+    unknown = [name for name in exclude
+               if name not in layers and name not in KERAS_LAYERS_WITHOUT_WEIGHTS]
+    if unknown:
+        raise ValueError(f"exclude names no layer of the model: {unknown}. Layers have "
+                         "Matterport's Keras names, e.g. the class layers "
+                         f"{', '.join(CLASS_LAYERS)} (the last is the MaskIoU head's)")
+    if backbone_only:
+        layers = model.backbone.keras_layers()
+    excluded = set(exclude)
+    return [name for name in layers if name not in excluded]
+
+
+def _state_of_layers(model, state, names):
+    """The entries of a state dict that belong to the layers `names` (of named_layers()).
+
+    An entry outside every layer (the MaskIoU head's `trained` flag) goes with its module's
+    layers: it is kept only when all of them are among `names`, since a head with a fresh
+    layer is not the trained head.
+    """
     module_paths = {id(module): name for name, module in model.named_modules()}
-    fresh = tuple(module_paths[id(model.named_layers()[layer])] + "." for layer in CLASS_LAYERS)
-    # A MaskIoU head with a fresh last layer is untrained, whatever the file's head was.
-    state = {name: tensor for name, tensor in donor.state_dict().items()
-             if not name.startswith(fresh) and name != "maskiou_head.trained"}
-    model.load_state_dict(state, strict=False)
+    prefixes = {name: module_paths[id(module)] + "."
+                for name, module in model.named_layers().items()}
+    names = set(names)
+    chosen = tuple(prefix for name, prefix in prefixes.items() if name in names)
+    others = tuple(prefix for name, prefix in prefixes.items() if name not in names)
+
+    def wanted(key):
+        if key.startswith(chosen):
+            return True
+        if key.startswith(others):
+            return False
+        parent = key.rpartition(".")[0] + "."
+        return not any(prefix.startswith(parent) for prefix in others)
+
+    return {key: value for key, value in state.items() if wanted(key)}
 
 
 def is_hdf5(path):
@@ -319,7 +512,8 @@ def cache_dir():
     return Path.home() / ".cache" / "mrcnn"
 
 
-def download(url, dest, expected_size=None, sha256=None, progress=True, timeout=DEFAULT_TIMEOUT):
+def download(url, dest, expected_size=None, sha256=None, progress=True, timeout=DEFAULT_TIMEOUT,
+             md5=None):
     """Downloads `url` to `dest`, which appears only once the whole file has arrived and checks out.
 
     Args:
@@ -329,6 +523,7 @@ def download(url, dest, expected_size=None, sha256=None, progress=True, timeout=
         sha256: hex SHA-256 the file must have, or None.
         progress: show a tqdm progress bar on stderr.
         timeout: seconds to wait for the connection and for each read.
+        md5: hex MD5 the file must have, or None (for files whose publisher gives only that).
     Returns:
         Path(dest).
     Raises:
@@ -340,38 +535,107 @@ def download(url, dest, expected_size=None, sha256=None, progress=True, timeout=
         print(f"Downloading {url} to {dest}", file=sys.stderr)
     with atomic_path(dest) as tmp:
         with open(tmp, "wb") as out:
-            size, digest = _fetch(url, out, expected_size, dest.name, progress, timeout)
+            size, digests = _fetch(url, out, expected_size, dest.name, progress, timeout)
         if expected_size is not None and size != expected_size:
             raise DownloadError(f"{url} gave {size} bytes, expected {expected_size}; "
                                 "nothing was saved")
-        if sha256 is not None and digest != sha256.lower():
-            raise DownloadError(f"{url} has SHA-256 {digest}, expected {sha256.lower()}: the "
-                                "download is corrupt or not the expected file; nothing was saved")
+        for name, expected in (("SHA-256", sha256), ("MD5", md5)):
+            if expected is not None and digests[name] != expected.lower():
+                raise DownloadError(f"{url} has {name} {digests[name]}, expected "
+                                    f"{expected.lower()}: the download is corrupt or not the "
+                                    "expected file; nothing was saved")
     return dest
 
 
 def cached_download(url, filename, expected_size=None, sha256=None, progress=True,
-                    timeout=DEFAULT_TIMEOUT):
+                    timeout=DEFAULT_TIMEOUT, md5=None):
     """cache_dir()/filename, downloaded from `url` on first use (see `download`).
 
-    A cached file is trusted once it has the expected size: it was checked when it entered the
-    cache, and hashing hundreds of megabytes at every start would be slow.
+    With `sha256`, the content is verified: hashed once after the download (or when first found
+    without a record) and recorded in <filename>.verified with the file's size and modification
+    time; a later call trusts the file while those still match and hashes it again otherwise. A
+    cached file of the wrong size or content is reported and downloaded again. Without `sha256`
+    only the size is checked (an `md5` is checked when the file is downloaded).
     """
-    dest = cache_dir() / filename
+    directory = cache_dir()
+    remove_stale_temporaries(directory)
+    dest = directory / filename
     if dest.is_file():
-        size = dest.stat().st_size
-        if expected_size is not None and size != expected_size:
-            raise DownloadError(f"the cached file {dest} has {size} bytes, expected "
-                                f"{expected_size}: delete it to download it again, or pass "
-                                "--weights PATH")
-        return dest
-    return download(url, dest, expected_size, sha256, progress, timeout)
+        problem = _cached_file_problem(dest, expected_size, sha256, progress)
+        if problem is None:
+            return dest
+        print(f"note: the cached {dest} {problem}; downloading it again", file=sys.stderr)
+        try:
+            download(url, dest, expected_size, sha256, progress, timeout, md5)
+        except DownloadError as error:
+            raise DownloadError(f"the cached {dest} {problem}, and downloading it again "
+                                f"failed: {error}") from None
+    else:
+        download(url, dest, expected_size, sha256, progress, timeout, md5)
+    if sha256 is not None:
+        _record_verified(dest, sha256.lower())
+    return dest
+
+
+def _cached_file_problem(path, expected_size, sha256, progress):
+    """What is wrong with a cached file (a phrase), or None when it is the expected one."""
+    stat = path.stat()
+    if expected_size is not None and stat.st_size != expected_size:
+        return f"has {stat.st_size} bytes, expected {expected_size}"
+    if sha256 is None:
+        return None
+    sha256 = sha256.lower()
+    if _read_verified(path) == {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                                "sha256": sha256}:
+        return None
+    digest = file_sha256(path, progress)
+    if digest != sha256:
+        return f"has SHA-256 {digest}, expected {sha256} (damaged or another file)"
+    _record_verified(path, digest)
+    return None
+
+
+def file_sha256(path, progress=False):
+    """Hex SHA-256 of a file, with a progress bar on stderr when `progress`."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f, tqdm(total=os.path.getsize(path), desc=f"verifying {path.name}",
+                                     unit="B", unit_scale=True, unit_divisor=1024,
+                                     disable=not progress, file=sys.stderr, leave=False) as bar:
+        for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+def _verified_record_path(path):
+    return path.with_name(path.name + VERIFIED_SUFFIX)
+
+
+def _read_verified(path):
+    try:
+        return json.loads(_verified_record_path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _record_verified(path, sha256):
+    """Records that `path`, as it is now (size, modification time), has content `sha256`."""
+    stat = path.stat()
+    with atomic_write(_verified_record_path(path), "w") as f:
+        json.dump({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}, f)
 
 
 def coco_weights_path(progress=True):
     """Path of Matterport's COCO weights (.h5, ResNet-101, 81 classes), downloaded once."""
     return cached_download(COCO_WEIGHTS_URL, COCO_WEIGHTS_FILENAME, COCO_WEIGHTS_SIZE,
                            COCO_WEIGHTS_SHA256, progress)
+
+
+def imagenet_weights_path(progress=True):
+    """Path of Keras's ImageNet ResNet-50 weights (.h5, backbone only), downloaded once; load
+    them with load_weights(model, path, backbone_only=True) into a ResNet-50 model."""
+    return cached_download(IMAGENET_WEIGHTS_URL, IMAGENET_WEIGHTS_FILENAME, IMAGENET_WEIGHTS_SIZE,
+                           progress=progress, md5=IMAGENET_WEIGHTS_MD5)
 
 
 def cached_converted_weights(h5_path, convert_fn, tag="", suffix=".pth"):
@@ -396,6 +660,7 @@ def cached_converted_weights(h5_path, convert_fn, tag="", suffix=".pth"):
     identity = f"{h5_path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{tag}".encode()
     key = hashlib.sha256(identity).hexdigest()[:16]
     dest = cache_dir() / "converted" / f"{h5_path.stem}-{key}{suffix}"
+    remove_stale_temporaries(dest.parent)
     if not dest.is_file():
         with atomic_path(dest) as tmp:
             convert_fn(h5_path, tmp)
@@ -403,7 +668,8 @@ def cached_converted_weights(h5_path, convert_fn, tag="", suffix=".pth"):
 
 
 def _fetch(url, out, expected_size, desc, progress, timeout):
-    """Streams `url` into the open file `out`; returns (bytes received, hex SHA-256)."""
+    """Streams `url` into the open file `out`; returns (bytes received, {"SHA-256", "MD5": hex
+    digest})."""
     try:
         response = urllib.request.urlopen(url, timeout=timeout)
     except urllib.error.HTTPError as error:
@@ -421,7 +687,7 @@ def _fetch(url, out, expected_size, desc, progress, timeout):
         if total is not None and expected_size is not None and total != expected_size:
             raise DownloadError(f"{url} announces {total} bytes, expected {expected_size}: not "
                                 "the expected file; nothing was saved")
-        digest = hashlib.sha256()
+        digests = {"SHA-256": hashlib.sha256(), "MD5": hashlib.md5(usedforsecurity=False)}
         received = 0
         with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
                   disable=not progress, file=sys.stderr) as bar:
@@ -434,10 +700,11 @@ def _fetch(url, out, expected_size, desc, progress, timeout):
                 if not chunk:
                     break
                 out.write(chunk)
-                digest.update(chunk)
+                for digest in digests.values():
+                    digest.update(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
     if total is not None and received != total:
         raise DownloadError(f"the download of {url} broke off after {received} of {total} bytes; "
                             "nothing was saved, try again")
-    return received, digest.hexdigest()
+    return received, {name: digest.hexdigest() for name, digest in digests.items()}

@@ -12,7 +12,9 @@ files, and every process returns the same summary. With NCCL each process must f
 torch.cuda.set_device for its GPU: the object collectives use the current device.
 
 Any object with `detect(images, batch_size)` (as MaskScoringRCNN.detect) and a `config` (its
-resize mode; BATCH_SIZE when no batch size is given) can be evaluated.
+resize mode; BATCH_SIZE when no batch size is given) can be evaluated; to evaluate at another
+detection threshold than its own (by default Matterport's 0, see EVAL_MIN_CONFIDENCE) it needs
+`detection_layer.min_confidence` as MaskScoringRCNN has.
 
 An image that cannot be processed (unreadable, over the dataset's pixel budget, another size
 than the annotation file says, too thin for the resize mode) is reported on stderr and skipped;
@@ -46,10 +48,15 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
               "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 RESULT_FILES = {"bbox": "bbox_results.json", "segm": "segm_results.json"}
 SUMMARY_FILE = "summary.json"
+# Matterport's COCO evaluation setting (samples/coco/coco.py, InferenceConfig): every detection
+# counts, whatever its class score, as COCO AP expects. Every evaluation of this project uses it
+# unless told otherwise, so that AP numbers compare.
+EVAL_MIN_CONFIDENCE = 0.0
 
 
 def evaluate(model, dataset, limit=None, batch_size=None, mask_score="maskiou", out_dir=None,
-             progress=True, print_tables=True, summary_fields=None):
+             progress=True, print_tables=True, summary_fields=None,
+             min_confidence=EVAL_MIN_CONFIDENCE):
     """Detects on the first `limit` images of `dataset` (all by default) and scores them.
 
     Args:
@@ -68,13 +75,17 @@ def evaluate(model, dataset, limit=None, batch_size=None, mask_score="maskiou", 
         progress: show a progress bar (rank 0 only).
         print_tables: print COCOeval's two summarize() tables (rank 0 only).
         summary_fields: extra JSON-compatible entries for the summary (e.g. the weights path).
+        min_confidence: the detection threshold (DETECTION_MIN_CONFIDENCE) of this evaluation:
+            detections with a lower class score are dropped. Default Matterport's COCO
+            evaluation setting, EVAL_MIN_CONFIDENCE = 0; None keeps the model's own.
     Returns:
         the summary dict, the same in every process: "bbox" and "segm" ({STAT_NAMES[i]: stat}),
         image_count (the images scored), skipped_images ([{"image_id", "file", "reason"}] of
         the images that could not be processed), dataset_repairs (the annotations clipped and
         skipped by reason when the dataset was read), detections, processes,
         seconds_per_image (detection wall time over the image count), mask_score,
-        annotations, image_dir, plus summary_fields.
+        min_confidence (the threshold used; None when a model without detection_layer kept its
+        own), annotations, image_dir, plus summary_fields.
     Raises:
         DatasetError when no image at all could be processed.
     """
@@ -89,12 +100,13 @@ def evaluate(model, dataset, limit=None, batch_size=None, mask_score="maskiou", 
     if training:
         model.eval()
     try:
-        start = time.perf_counter()
-        per_image, skipped = detect_images(
-            model, dataset, positions[rank::world_size], batch_size, mask_score,
-            progress=progress and rank == 0,
-            description=f"eval rank {rank}/{world_size}" if world_size > 1 else "eval")
-        seconds = time.perf_counter() - start
+        with detection_threshold(model, min_confidence) as threshold:
+            start = time.perf_counter()
+            per_image, skipped = detect_images(
+                model, dataset, positions[rank::world_size], batch_size, mask_score,
+                progress=progress and rank == 0,
+                description=f"eval rank {rank}/{world_size}" if world_size > 1 else "eval")
+            seconds = time.perf_counter() - start
     finally:
         if training:
             model.train()
@@ -118,6 +130,7 @@ def evaluate(model, dataset, limit=None, batch_size=None, mask_score="maskiou", 
             "processes": world_size,
             "seconds_per_image": seconds / len(image_ids),
             "mask_score": mask_score,
+            "min_confidence": threshold,
             "annotations": os.path.abspath(dataset.annotation_json),
             "image_dir": os.path.abspath(dataset.image_dir),
             **(summary_fields or {}),
@@ -125,12 +138,35 @@ def evaluate(model, dataset, limit=None, batch_size=None, mask_score="maskiou", 
         for iou_type in IOU_TYPES:
             if print_tables:
                 ranking = RANKINGS["cls" if iou_type == "bbox" else mask_score]
-                print(f"COCO {iou_type} on {len(image_ids)} images, ranked by {ranking}:")
+                print(f"COCO {iou_type} on {len(image_ids)} images, ranked by {ranking}, "
+                      f"detections with a class score >= {threshold}:")
             stats = run_cocoeval(dataset, entries[iou_type], iou_type, image_ids, print_tables)
             summary[iou_type] = dict(zip(STAT_NAMES, stats))
         if out_dir is not None:
             write_results(out_dir, entries["bbox"], entries["segm"], summary)
     return _broadcast(summary)
+
+
+@contextlib.contextmanager
+def detection_threshold(model, min_confidence):
+    """Sets the model's detection threshold to `min_confidence` (None: keeps it) for the block,
+    then restores it; yields the threshold in force (None when the model has no
+    detection_layer and keeps its own)."""
+    layer = getattr(model, "detection_layer", None)
+    if min_confidence is None:
+        yield None if layer is None else layer.min_confidence
+        return
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
+    if layer is None:
+        raise TypeError(f"{type(model).__name__} has no detection_layer.min_confidence to "
+                        "evaluate at another threshold; pass min_confidence=None to keep its own")
+    kept = layer.min_confidence
+    layer.min_confidence = min_confidence
+    try:
+        yield min_confidence
+    finally:
+        layer.min_confidence = kept
 
 
 def select_images(dataset, limit=None):

@@ -2,22 +2,20 @@
 inspect_data notebooks as a command). Run `python -m postprocess.inspect --help`."""
 import argparse
 import math
-import os
 import sys
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from mrcnn.boxes import apply_box_deltas, denorm_boxes
-from mrcnn.cli import (CliError, add_model_arguments, build_config, drawable, error_message,
-                       load_model, reports_errors, resolve_device)
+from mrcnn.cli import (CliError, add_model_arguments, build_config, check_no_overwrite, drawable,
+                       error_message, load_model, make_out_dir, reports_errors, resolve_device)
 from mrcnn.config import backbone_shapes
-from preprocess import coco
-from preprocess.coco import DatasetError, coco_layout
+from preprocess.coco import DatasetError
 from preprocess.images import ImageLoadError, load_image
 from preprocess.masks import expand_mask
+from preprocess.splits import check_class_count, open_split
 from preprocess.training_data import LOAD_ERRORS, collate, load_image_gt
 from mrcnn.unmold import unmold_masks
 from postprocess.visualize import (draw_boxes, draw_caption, draw_instances, format_labels,
@@ -422,16 +420,6 @@ def write_pictures(pictures, out_dir):
         print(f"{path}: {picture.title}: {picture.details}", flush=True)
 
 
-def check_no_overwrite(out_dir, names, inputs):
-    """Raises CliError when one of the files `names` in out_dir is one of the input files."""
-    inputs = {os.path.realpath(path): path for path in inputs}
-    for name in names:
-        clash = inputs.get(os.path.realpath(out_dir / name))
-        if clash is not None:
-            raise CliError(f"--out {out_dir} would overwrite the input {clash}; choose another "
-                           "output folder")
-
-
 def check_arguments(args, parser):
     if args.top < 1:
         parser.error(f"--top must be >= 1, got {args.top}")
@@ -442,14 +430,6 @@ def check_arguments(args, parser):
     if args.image is None and len(dataset_options) < 3:
         parser.error("give the image as --image IMG, or as --dataset DIR --split NAME "
                      "--image-id ID")
-
-
-def open_dataset(directory, split):
-    try:
-        return coco.open_dataset(*coco_layout(directory, split),
-                                 lambda line: print(f"warning: {line}", file=sys.stderr))
-    except DatasetError as error:
-        raise CliError(str(error)) from None
 
 
 def dataset_index(dataset, image_id):
@@ -473,14 +453,6 @@ def read_dataset_image(dataset, index):
         raise CliError(error_message(error)) from None
 
 
-def check_class_count(config, dataset):
-    if config.NUM_CLASSES != dataset.num_classes:
-        raise CliError(f"the model has NUM_CLASSES {config.NUM_CLASSES} but "
-                       f"{dataset.annotation_json} has {dataset.num_classes - 1} categories "
-                       f"(NUM_CLASSES {dataset.num_classes} with the background); pass the "
-                       "model's --config or a dataset it was trained for")
-
-
 def read_image(path):
     try:
         return load_image(path)
@@ -488,16 +460,6 @@ def read_image(path):
         raise
     except (ImageLoadError, OSError) as error:
         raise CliError(error_message(error)) from None
-
-
-def make_out_dir(out):
-    out_dir = Path(out)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise CliError(f"cannot create the output folder {out_dir}: "
-                       f"{error_message(error)}") from None
-    return out_dir
 
 
 @reports_errors
@@ -509,7 +471,7 @@ def main(argv=None):
         dataset, index, image_path = None, None, args.image
         image = read_image(image_path)
     else:
-        dataset = open_dataset(args.dataset, args.split)
+        dataset = open_split(args.dataset, args.split)
         index = dataset_index(dataset, args.image_id)
         image_path = dataset.image_info(index).path
         image = read_dataset_image(dataset, index)

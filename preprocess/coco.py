@@ -177,6 +177,10 @@ class CocoDataset:
         return ImageInfo(coco_id, os.path.join(self.image_dir, image["file_name"]),
                          image["height"], image["width"])
 
+    def image_reference(self, index):
+        """The file of image `index` (Matterport's `Dataset.image_reference`)."""
+        return self.image_info(index).path
+
     def load_image(self, index):
         """RGB uint8 [H, W, 3] of image `index` (its stored pixels: EXIF orientation ignored, as
         COCO annotations refer to them); its size must match the annotation file.

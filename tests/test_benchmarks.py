@@ -221,6 +221,10 @@ def test_agreement_reports_differences(peer, verdict):
      "compare with --device cpu"),
     (["--matterport", "/m", "--tensorflow-python", sys.executable, "--weights", "w.pth"],
      "needs Matterport .h5 weights"),
+    (["--matterport", "/m", "--tensorflow-python", sys.executable, "--precision", "bf16"],
+     "drop --precision/--batch"),
+    (["--batch", "0"], "--batch must be at least 1"),
+    (["--precision", "fp16"], "invalid choice: 'fp16'"),
 ])
 def test_peer_options_are_checked_before_any_run(monkeypatch, capsys, argv, message):
     monkeypatch.delenv("MRCNN_TF_PYTHON", raising=False)
@@ -229,6 +233,27 @@ def test_peer_options_are_checked_before_any_run(monkeypatch, capsys, argv, mess
     with pytest.raises(SystemExit) as exit_info:
         inference.main()
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def masks_result(boxes, class_ids, shape=(20, 20)):
+    """A result whose masks fill the given (y1, x1, y2, x2) boxes."""
+    masks = np.zeros(shape + (len(boxes),), bool)
+    for i, (y1, x1, y2, x2) in enumerate(boxes):
+        masks[y1:y2, x1:x2, i] = True
+    return {"masks": masks, "class_ids": np.array(class_ids, np.int32)}
+
+
+def test_precision_agreement_pairs_masks_one_to_one_by_class():
+    exact = masks_result([(0, 0, 10, 10), (0, 0, 10, 8), (12, 12, 20, 20)], [1, 1, 2])
+    fast = masks_result([(0, 0, 10, 9), (12, 12, 20, 20), (0, 0, 4, 4)], [1, 2, 1])
+    # (0, 0, 10, 10) takes (0, 0, 10, 9) (IoU 0.9) before (0, 0, 10, 8) could (IoU 8/9); then
+    # (0, 0, 10, 8) has only (0, 0, 4, 4) left (IoU 0.2 < 0.5); class 2 matches exactly.
+    assert inference.precision_agreement(exact, fast) == {
+        "matched": 2, "exact": 3, "fast": 3, "smallest_mask_iou": 0.9}
+    other_class = masks_result([(0, 0, 10, 10)], [3])
+    assert inference.precision_agreement(exact, other_class) == {
+        "matched": 0, "exact": 3, "fast": 1, "smallest_mask_iou": None}
+    assert inference.precision_agreement(exact, exact)["smallest_mask_iou"] == 1.0
 
 
 def test_timed_runs_warms_up_then_times_each_call():

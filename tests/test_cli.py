@@ -1,4 +1,5 @@
 """mrcnn.cli: device choice, config resolution, weights errors and the one-line error report."""
+import os
 import socket
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from mrcnn.weights import WeightsError
-from mrcnn import cli, weights
+from mrcnn import atomic, cli, weights
 from mrcnn.config import COCO_CLASS_NAMES, CocoConfig, Config
 from mrcnn.weights import DownloadError
 from tests.reference import PUBLIC_CASE
@@ -102,10 +103,59 @@ def test_config_comes_from_a_checkpoint_given_as_weights(tmp_path):
     assert config.DETECTION_MIN_CONFIDENCE == 0.2
 
 
-def test_keras_weights_take_the_coco_config(tmp_path):
+def shape_only_h5(path, num_classes, res4_blocks):
+    """A Keras weights file with just the layers that tell the backbone and the class count."""
+    import h5py
+
+    layers = {"mrcnn_class_logits": (8, num_classes)}
+    layers.update({f"res4{chr(ord('a') + i)}_branch2a": (1, 1, 2, 2)
+                   for i in range(res4_blocks)})
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array(list(layers), "S")
+        for name, shape in layers.items():
+            group = f.create_group(name)
+            group.attrs["weight_names"] = np.array([f"{name}/kernel:0"], "S")
+            group.create_dataset(f"{name}/kernel:0", data=np.zeros(shape, np.float32))
+    return path
+
+
+def test_keras_weights_give_backbone_and_class_count(tmp_path):
+    coco = cli.build_config(weights=shape_only_h5(tmp_path / "coco.h5", 81, 23))
+    assert isinstance(coco, CocoConfig) and coco.BACKBONE == "resnet101"
+    assert coco.class_names() == COCO_CLASS_NAMES
+    custom = cli.build_config(weights=shape_only_h5(tmp_path / "four.h5", 4, 6),
+                              DETECTION_MIN_CONFIDENCE=0.5)
+    assert type(custom) is Config
+    assert (custom.BACKBONE, custom.NUM_CLASSES, custom.DETECTION_MIN_CONFIDENCE) == \
+        ("resnet50", 4, 0.5)
+    assert custom.class_names() == ["BG", "class 1", "class 2", "class 3"]
+    named = cli.build_config(weights=tmp_path / "four.h5",
+                             defaults={"NUM_CLASSES": 4, "CLASS_NAMES": ["BG", "a", "b", "c"]})
+    assert named.class_names() == ["BG", "a", "b", "c"]
+    # Names that do not fit the file's class count are not used.
+    assert cli.build_config(weights=tmp_path / "four.h5",
+                            defaults={"CLASS_NAMES": ["BG", "a"]}).CLASS_NAMES is None
+
+
+def test_a_config_file_takes_what_it_lacks_from_the_h5_and_the_defaults(tmp_path):
+    h5 = shape_only_h5(tmp_path / "four.h5", 4, 6)
+    path = tmp_path / "c.json"
+    path.write_text('{"IMAGE_MAX_DIM": 512, "NAME": "x"}')
+    config = cli.build_config(path, h5, defaults={"CLASS_NAMES": ["BG", "a", "b", "c"]})
+    assert (config.BACKBONE, config.NUM_CLASSES, config.IMAGE_MAX_DIM) == ("resnet50", 4, 512)
+    assert config.class_names() == ["BG", "a", "b", "c"]
+    path.write_text('{"NUM_CLASSES": 3}')
+    assert cli.build_config(path, defaults={"NUM_CLASSES": 5}).NUM_CLASSES == 3
+    assert cli.build_config(tmp_path / "c.json").BACKBONE == "resnet101"
+    path.write_text('{}')
+    assert cli.build_config(path, defaults={"NUM_CLASSES": 5}).NUM_CLASSES == 5
+
+
+def test_a_damaged_h5_is_reported(tmp_path):
     path = tmp_path / "w.h5"
     path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
-    assert isinstance(cli.build_config(weights=path), CocoConfig)
+    with pytest.raises(WeightsError, match="cannot be opened"):
+        cli.build_config(weights=path)
 
 
 def test_weights_that_are_no_model_file(tmp_path):
@@ -183,3 +233,29 @@ def test_default_weights_are_converted_once_and_loaded(tmp_path, monkeypatch, re
     kernel = read_keras_weights(reference_weights)["conv1"]["kernel"]
     np.testing.assert_array_equal(model.keras_layers()["conv1"].weight.detach().numpy(),
                                   kernel.transpose(3, 2, 0, 1))
+
+
+def test_an_output_never_replaces_an_input(tmp_path):
+    image = tmp_path / "photo.png"
+    image.write_bytes(b"input")
+    (tmp_path / "link.png").symlink_to(image)
+    cli.check_no_overwrite(tmp_path, ["photo.json", "other.png"], [image, None])
+    with pytest.raises(cli.CliError, match="would overwrite the input .*photo.png"):
+        cli.check_no_overwrite(tmp_path, ["photo.png"], [image])
+    with pytest.raises(cli.CliError, match="would overwrite the input .*photo.png"):
+        cli.check_no_overwrite(tmp_path, ["link.png"], [image])  # links are followed
+
+
+def test_out_dir_is_made_or_refused_clearly(tmp_path):
+    assert cli.make_out_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert (tmp_path / "a" / "b").is_dir()
+    # What a killed writer left there goes; a live writer's temporary file stays.
+    killed = tmp_path / "a" / "b" / f".summary.json.{atomic.HOST_TAG}-999999999.abcd_123.tmp"
+    live = tmp_path / "a" / "b" / f".summary.json.{atomic.HOST_TAG}-{os.getpid()}.abcd_123.tmp"
+    killed.write_text("half")
+    live.write_text("half")
+    cli.make_out_dir(tmp_path / "a" / "b")
+    assert not killed.exists() and live.exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(cli.CliError, match="exists and is not a directory"):
+        cli.make_out_dir(tmp_path / "file")

@@ -3,6 +3,7 @@ ranking, bad input, and the split across processes (a stub detector stands in fo
 import hashlib
 import json
 import os
+import types
 
 import numpy as np
 import pytest
@@ -102,12 +103,41 @@ class LookupModel:
 
 
 def evaluate_quietly(model, dataset, **kwargs):
-    return coco_eval.evaluate(model, dataset, progress=False, print_tables=False, **kwargs)
+    # LookupModel has no detection threshold to set: it keeps its own (None).
+    return coco_eval.evaluate(model, dataset, progress=False, print_tables=False,
+                              min_confidence=None, **kwargs)
+
+
+def test_evaluation_uses_matterports_threshold_unless_told(dataset_files, dataset, capsys):
+    class ThresholdModel(LookupModel):
+        def __init__(self, answers):
+            super().__init__(answers)
+            self.detection_layer = types.SimpleNamespace(min_confidence=0.7)
+            self.seen = []
+
+        def detect(self, images, batch_size=None):
+            self.seen.append(self.detection_layer.min_confidence)
+            return super().detect(images, batch_size)
+
+    model = ThresholdModel(ground_truth_results(*dataset_files))
+    summary = coco_eval.evaluate(model, dataset, limit=2, progress=False)
+    assert set(model.seen) == {0.0} and summary["min_confidence"] == 0.0
+    assert "detections with a class score >= 0.0" in capsys.readouterr().out
+    assert model.detection_layer.min_confidence == 0.7  # restored
+    model.seen.clear()
+    summary = evaluate_quietly(model, dataset, limit=2)
+    assert set(model.seen) == {0.7} and summary["min_confidence"] == 0.7
+    summary = coco_eval.evaluate(model, dataset, limit=2, progress=False, print_tables=False,
+                                 min_confidence=0.5)
+    assert summary["min_confidence"] == 0.5 and model.detection_layer.min_confidence == 0.7
+    with pytest.raises(TypeError, match="min_confidence=None"):
+        coco_eval.evaluate(LookupModel({}), dataset, progress=False)
 
 
 def test_ground_truth_as_predictions_scores_one(dataset_files, dataset, tmp_path, capsys):
     model = LookupModel(ground_truth_results(*dataset_files))
-    summary = coco_eval.evaluate(model, dataset, out_dir=tmp_path / "out", progress=False)
+    summary = coco_eval.evaluate(model, dataset, out_dir=tmp_path / "out", progress=False,
+                                 min_confidence=None)
     for iou_type in ("bbox", "segm"):
         stats = summary[iou_type]
         assert list(stats) == list(coco_eval.STAT_NAMES)

@@ -113,6 +113,19 @@ def test_write_outputs_zero_detections(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["none.json", "none.png"]
 
 
+def test_json_of_a_coco_model_carries_cocos_category_ids(tmp_path):
+    from mrcnn.config import COCO_CLASS_NAMES
+
+    result = result_of([0.9, 0.8], class_ids=[70, 1])        # oven, person
+    _, written = demo.write_outputs(np.zeros((4, 5, 3), np.uint8), result, tmp_path, "coco",
+                                    COCO_CLASS_NAMES, write_json=True)
+    entries = json.loads(written.read_text())
+    assert [(e["category_id"], e["category_name"]) for e in entries] == [(79, "oven"),
+                                                                         (1, "person")]
+    assert demo.category_ids(COCO_CLASS_NAMES)[80] == 90                # toothbrush
+    assert demo.category_ids(["BG", "balloon"]) is None
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--min-score", "1.5"], "--min-score must be in [0, 1]"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
@@ -123,6 +136,23 @@ def test_bad_options_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
         demo.main(argv)
     assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_precision_reaches_the_model_and_is_checked(tmp_path, monkeypatch, capsys):
+    built = []
+
+    def load_model(config, weights, device):
+        built.append(config.PRECISION)
+        raise cli.CliError("stopped before loading")
+
+    monkeypatch.setattr(demo, "load_model", load_model)
+    image = str(REFERENCE / "input_0_astronaut.png")
+    for precision in ("bf16", "exact"):
+        assert demo.main([image, "--precision", precision, "--out", str(tmp_path)]) == 1
+    assert built == ["bf16", "exact"]
+    with pytest.raises(SystemExit) as info:
+        demo.main([image, "--precision", "fp16"])
+    assert info.value.code == 2 and "invalid choice: 'fp16'" in capsys.readouterr().err
 
 
 def test_max_pixels_zero_lifts_the_budget():
@@ -172,7 +202,7 @@ def test_help_names_every_option():
     text = demo.build_parser().format_help()
     for option in ("IMAGES", "--weights", "--config", "--out", "--json", "--device",
                    "--min-score", "--batch-size", "samples/", "--max-pixels", "decompression bombs",
-                   "exit status is\nthen 1"):
+                   "exit status is\nthen 1", "--precision"):
         assert option in text
 
 

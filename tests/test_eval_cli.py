@@ -20,6 +20,7 @@ import eval as eval_script
 from preprocess import synthetic
 from tests.bad_inputs import write_shapes, write_tiny_model
 from tests.reference import ReferenceCase
+from tests.test_cli import shape_only_h5
 
 CASE = ReferenceCase("public_r50_256")
 REFERENCE_CONFIG = str(CASE.config_path)
@@ -70,6 +71,7 @@ def test_help_explains_layouts_scores_and_processes(capsys):
     (["--dataset", "D", "--split", "val", "--limit", "0"], "--limit must be at least 1"),
     (["--dataset", "D", "--split", "val", "--batch-size", "0"], "--batch-size must be at least"),
     (["--dataset", "D", "--split", "val", "--min-confidence", "1.5"], r"must be in \[0, 1\]"),
+    (["--dataset", "D", "--split", "val", "--precision", "fp16"], "invalid choice: 'fp16'"),
 ])
 def test_bad_option_combinations(args, message, capsys):
     code, _, err = run_eval(args + ["--weights", "W.h5"], capsys)
@@ -81,8 +83,8 @@ def test_inputs_are_checked_before_the_model_is_built(shapes, tmp_path, capsys):
     out_dir = tmp_path / "out"
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"NUM_CLASSES": 4, "BACKBONE": "resnet50"}))
-    weights = tmp_path / "w.h5"
-    weights.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))  # signature only: never read
+    # Only the shapes that tell the backbone and class count (COCO's): never loaded.
+    weights = shape_only_h5(tmp_path / "w.h5", 81, 23)
     layout = ["--dataset", shapes, "--split", "val"]
     common = ["--weights", weights, "--config", config, "--out", out_dir]
 
@@ -127,7 +129,8 @@ def test_inputs_are_checked_before_the_model_is_built(shapes, tmp_path, capsys):
     config.write_text(json.dumps({"NUM_CLASSES": 7}))
     err = error_of(["--annotations", shapes / "annotations" / "instances_val.json",
                     "--images", partial, "--limit", 1] + common)
-    assert "the model has NUM_CLASSES 7 (from " in err and "needs NUM_CLASSES 4" in err
+    assert "the model has NUM_CLASSES 7 (from " in err
+    assert "has 3 categories (NUM_CLASSES 4 with the background)" in err
 
     config.write_text(json.dumps({"NUM_CLASES": 4}))
     assert "unknown Config field(s) ['NUM_CLASES']" in error_of(layout + common)
@@ -144,7 +147,7 @@ def test_end_to_end_with_the_reference_weights(shapes, reference_weights, tmp_pa
     out_dir = tmp_path / "out"
     code, out, err = run_eval(["--dataset", shapes, "--split", "val",
                                "--weights", reference_weights, "--config", REFERENCE_CONFIG,
-                               "--device", "cpu", "--out", out_dir],
+                               "--device", "cpu", "--out", out_dir, "--precision", "tf32"],
                               capsys)
     assert code == 0, err
     # Both standard tables, as pycocotools prints them.
@@ -152,18 +155,23 @@ def test_end_to_end_with_the_reference_weights(shapes, reference_weights, tmp_pa
     assert out.count("Average Recall     (AR) @[ IoU=0.50:0.95 | area= large | maxDets=100 ]") == 2
     assert "3 images" in out
     assert "has no trained MaskIoU head" in err and "--mask-score cls" in err
+    assert "detections with a class score >= 0.0 count (Matterport's COCO evaluation " \
+           "setting)" in err
 
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["image_count"] == 3 and summary["processes"] == 1
     assert summary["mask_score"] == "maskiou" and summary["seconds_per_image"] > 0
-    assert summary["weights"] == str(reference_weights) and summary["min_confidence"] == 0.93
+    # The reference config keeps detections from 0.93; an evaluation keeps every detection.
+    assert summary["weights"] == str(reference_weights) and summary["min_confidence"] == 0.0
+    assert summary["precision"] == "tf32"
     bbox = json.loads((out_dir / "bbox_results.json").read_text())
     segm = json.loads((out_dir / "segm_results.json").read_text())
     assert len(bbox) == len(segm) == summary["detections"] > 0
     assert {entry["category_id"] for entry in bbox} <= {1, 2, 3}
     for box, mask in zip(bbox, segm):
         assert mask["score"] == mask["mask_score"] == box["mask_score"]
-        assert 0.93 <= box["score"] <= 1  # the reference config's DETECTION_MIN_CONFIDENCE
+        assert 0 <= box["score"] <= 1
+    assert min(box["score"] for box in bbox) < 0.93
 
     # The summary holds what pycocotools makes of the written files.
     ground_truth = COCO(str(shapes / "annotations" / "instances_val.json"))
@@ -261,3 +269,26 @@ def test_messy_dataset_is_clipped_skipped_and_scored(tiny_model, tmp_path, capsy
     assert summary["dataset_repairs"] == {
         "clipped": 1, "skipped": {"unreadable": 4, "degenerate": 2, "empty": 0}}
     assert summary["detections"] > 0 and 0 <= summary["segm"]["AP"] <= 1
+
+
+def test_the_class_count_and_names_default_to_the_datasets(shapes, tmp_path):
+    import argparse
+
+    from preprocess.coco import CocoDataset, coco_layout
+
+    dataset = CocoDataset(*coco_layout(shapes, "val"))
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({"BACKBONE": "resnet50"}))
+    (tmp_path / "w.pth").write_bytes(b"not read: --config describes the model")
+    args = argparse.Namespace(config=str(config_file), weights=str(tmp_path / "w.pth"),
+                              min_confidence=None, precision=None)
+    config, _ = eval_script._config(args, dataset)
+    assert config.NUM_CLASSES == 4
+    assert config.class_names() == ["BG", "circle", "square", "triangle"]
+    # An .h5 without --config: the file's backbone and class count, the dataset's names.
+    args = argparse.Namespace(config=None, weights=str(shape_only_h5(tmp_path / "w.h5", 4, 6)),
+                              min_confidence=None, precision=None)
+    config, source = eval_script._config(args, dataset)
+    assert (config.BACKBONE, config.NUM_CLASSES) == ("resnet50", 4)
+    assert config.class_names() == ["BG", "circle", "square", "triangle"]
+    assert config.IMAGES_PER_GPU == 1

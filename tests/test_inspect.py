@@ -301,7 +301,7 @@ def test_bad_options_are_refused(tmp_path, capsys, crop):
     assert status == 1 and "IMAGE_RESIZE_MODE 'crop' takes random crops for training" in err
     (tmp_path / "file").write_text("")
     status, _, err = run(["--image", crop[0], "--out", tmp_path / "file"], capsys)
-    assert status == 1 and "cannot create the output folder" in err
+    assert status == 1 and "exists and is not a directory" in err
 
 
 def test_an_input_named_like_an_output_is_never_replaced(tmp_path, capsys, crop,

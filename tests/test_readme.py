@@ -8,11 +8,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def code_block(heading):
-    """The first indented code block of the README section `## heading`, dedented."""
+def code_block(heading, first_line="    "):
+    """The first indented code block of the README section `## heading` that starts with a line
+    beginning with `first_line` (e.g. "    import "), dedented."""
     section = (ROOT / "README.md").read_text().split(f"\n## {heading}\n", 1)[1]
     lines = section.split("\n## ", 1)[0].splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("    "))
+    start = next(i for i, line in enumerate(lines) if line.startswith(first_line))
     end = next((i for i in range(start, len(lines))
                 if lines[i] and not lines[i].startswith("    ")), len(lines))
     return textwrap.dedent("\n".join(lines[start:end]))

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 import realtime_demo
+from mrcnn.config import CocoConfig
+from mrcnn.precision import fast_precision
 from realtime_demo import FpsMeter, FrameBuffer
 
 
@@ -199,6 +201,45 @@ def test_run_on_a_camera_drops_stale_frames():
     assert model.seen[-1] == 99                         # the newest frame is not lost
 
 
+def test_drawing_runs_while_the_next_frame_is_detected(monkeypatch):
+    """Frame 0 is drawn only once frame 1's inference has begun: a loop that detects and draws
+    in turn would wait here forever (the wait gives up after 10 s and the test fails)."""
+    second_started, waits, threads = threading.Event(), [], set()
+
+    class SecondSignalingModel(FakeModel):
+        def detect(self, images):
+            threads.add(threading.current_thread().name)
+            if len(self.seen) == 1:
+                second_started.set()
+            return super().detect(images)
+
+    def draw(image, result, class_names, **options):
+        if image[0, 0, 0] == 0:
+            waits.append(second_started.wait(timeout=10))
+        return image
+
+    monkeypatch.setattr(realtime_demo, "draw_instances", draw)
+    source = realtime_demo.Source(FakeCapture(6), "fake video", is_camera=False)
+    model = SecondSignalingModel()
+    stats = realtime_demo.run(model, source, ["BG"])
+    assert waits == [True] and threads == {"inference"}
+    assert model.seen == list(range(6)) and stats.frames == 6
+    assert [t for t in threading.enumerate() if t.name in ("inference", "frame-reader")] == []
+
+
+def test_an_inference_error_stops_the_run_and_is_raised():
+    class FailingModel(FakeModel):
+        def detect(self, images):
+            if len(self.seen) == 2:
+                raise RuntimeError("CUDA out of memory")
+            return super().detect(images)
+
+    source = realtime_demo.Source(FakeCapture(30), "fake video", is_camera=False)
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        realtime_demo.run(FailingModel(), source, ["BG"])
+    assert reader_threads() == []
+
+
 def test_ctrl_c_keeps_the_frames_written_so_far(tmp_path):
     source = realtime_demo.Source(FakeCapture(30), "fake video", is_camera=False)
     out = tmp_path / "out.mp4"
@@ -209,6 +250,36 @@ def test_ctrl_c_keeps_the_frames_written_so_far(tmp_path):
     frames, fps = read_video(out)
     assert len(frames) == 3 and fps == 25.0 and frames[0].shape == (8, 8, 3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+@pytest.mark.parametrize("frame_size, given, expected", [
+    ((320, 240), None, 320),      # a small clip is not upscaled to IMAGE_MAX_DIM
+    ((1280, 720), None, 1024),    # a large one is molded to IMAGE_MAX_DIM at most
+    ((100, 30), None, 128),       # rounded up to a multiple of 64
+    ((1280, 720), 512, 512),
+])
+def test_molded_size_and_precision_are_chosen_and_said(frame_size, given, expected, capsys):
+    config = CocoConfig()
+    source = types.SimpleNamespace(size=frame_size)
+    realtime_demo.describe_run(config, source, "cpu", given, None)
+    assert config.IMAGE_MIN_DIM == config.IMAGE_MAX_DIM == expected
+    precision, reason = fast_precision("cpu")
+    assert config.PRECISION == precision
+    said = capsys.readouterr().err
+    assert f"molded size {expected} " in said and f"precision {precision} ({reason}" in said
+    realtime_demo.describe_run(config, source, "cpu", given, "exact")
+    assert config.PRECISION == "exact" and "precision exact (--precision)" in capsys.readouterr().err
+
+
+def test_size_needs_square_mode_and_a_multiple_of_64(capsys):
+    config = CocoConfig(IMAGE_RESIZE_MODE="pad64", IMAGE_MIN_DIM=768)
+    with pytest.raises(realtime_demo.CliError, match="--size needs IMAGE_RESIZE_MODE 'square'"):
+        realtime_demo.describe_run(config, types.SimpleNamespace(size=(64, 64)), "cpu", 128,
+                                   None)
+    with pytest.raises(SystemExit) as info:
+        realtime_demo.main(["--size", "100", "--source", "clip.mp4"])
+    assert info.value.code == 2 and "--size must be a positive multiple of 64, got 100" in (
+        capsys.readouterr().err)
 
 
 def test_output_must_not_replace_the_source(tmp_path, capsys):
@@ -285,7 +356,9 @@ def test_headless_run_on_a_video_keeps_every_frame(tmp_path, reference_weights,
         "--source", str(video), "--output", str(out), "--no-display", "--device", "cpu",
         "--weights", str(reference_weights), "--config", str(fast_reference_config)])
     assert status == 0
-    assert f"video {video}: 5 frames in" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert f"video {video}: 5 frames in" in said.out
+    assert "molded size 128 (the input is 128x96" in said.err
     written, fps = read_video(out)
     assert len(written) == len(frames) and fps == 10.0
     assert written[0].shape == frames[0].shape

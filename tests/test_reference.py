@@ -206,3 +206,18 @@ def test_detect_batches_mixed_sizes_like_single_images(model):
     for name in ("rois", "class_ids", "masks"):
         np.testing.assert_array_equal(together[1][name], alone[name])
     np.testing.assert_allclose(together[1]["scores"], alone["scores"], atol=1e-5)
+
+
+def test_detect_runs_each_batch_in_one_forward_pass(model, monkeypatch):
+    infer, batches = model.infer, []
+
+    def counting_infer(molded_images, image_metas, **options):
+        batches.append(len(molded_images))
+        return infer(molded_images, image_metas, **options)
+
+    monkeypatch.setattr(model, "infer", counting_infer)
+    image = CASE.images()[0]
+    results = model.detect([image, image, image], batch_size=2)
+    assert batches == [2, 1]
+    for result in results:
+        assert_final_results_equal(result)

@@ -183,3 +183,18 @@ def test_detection_targets_mask_ratio_of_a_partial_roi(device):
     assert targets.class_ids[0].tolist() == [1, 0, 0, 0]
     assert targets.mask_ratios[0, 0].item() == pytest.approx(0.6)
     assert targets.masks[0, 0].sum() == 16
+
+
+def test_one_generator_per_image_samples_each_image_as_if_alone(device):
+    mask = torch.rand(3, 50, generator=torch.Generator().manual_seed(0)).to(device) > 0.3
+    limits = torch.tensor([5, 7, 9], device=device)
+
+    def generators():
+        return [torch.Generator(device=device).manual_seed(seed) for seed in (4, 5, 6)]
+
+    kept, rank = random_subset(mask, limits, generators())
+    assert kept.sum(dim=1).tolist() == [5, 7, 9]
+    for row in range(3):
+        alone, alone_rank = random_subset(mask[row:row + 1], limits[row:row + 1],
+                                          generators()[row:row + 1])
+        assert torch.equal(kept[row], alone[0]) and torch.equal(rank[row], alone_rank[0])

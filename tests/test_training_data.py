@@ -1,5 +1,6 @@
 """Training samples (load_image_gt, flips, the draw sampler, collate) on a COCO set written here."""
 import json
+import random
 
 import cv2
 import numpy as np
@@ -9,8 +10,8 @@ from pycocotools import mask as mask_utils
 
 from mrcnn.config import Config
 from preprocess.coco import CocoDataset, coco_layout
-from preprocess.training_data import (DrawSampler, TrainingSamples, collate, load_image_gt,
-                                      trainable_image_indices)
+from preprocess.training_data import (DrawSampler, TrainingSamples, collate, flip_left_right,
+                                      load_image_gt, trainable_image_indices)
 
 SIDE = 32
 # Image 1: a box instance (rows 8..15, cols 4..11) and a crowd region; image 2: only a crowd;
@@ -79,9 +80,13 @@ def test_load_image_gt_hand_case(dataset):
     assert list(meta[7:11]) == [0, 0, 64, 64] and meta[11] == 2 and list(meta[12:]) == [1] * 3
 
 
-def test_flip_mirrors_image_masks_and_boxes(dataset):
+def mirror(image, masks):
+    return image[:, ::-1], masks[:, ::-1]
+
+
+def test_augmentation_mirrors_image_masks_and_boxes(dataset):
     plain = load_image_gt(dataset, 0, config())
-    flipped = load_image_gt(dataset, 0, config(), flip=True)
+    flipped = load_image_gt(dataset, 0, config(), augmentation=mirror)
     np.testing.assert_array_equal(flipped["image"], plain["image"][:, ::-1])
     np.testing.assert_array_equal(flipped["masks"], plain["masks"][:, :, ::-1])
     y1, x1, y2, x2 = plain["boxes"].T
@@ -108,15 +113,71 @@ def test_trainable_images_have_a_non_crowd_instance(dataset):
 
 
 def test_samples_are_a_function_of_the_draw(dataset):
-    samples = TrainingSamples(dataset, config(), augment=True, seed=5)
+    samples = TrainingSamples(dataset, config(), augmentation=flip_left_right, seed=5)
     flips = []
     for draw in range(12):
         first, again = samples[(0, draw)], samples[(0, draw)]
         np.testing.assert_array_equal(first["image"], again["image"])
+        assert first["draw"] == draw
         flips.append(bool((first["masks"][0][:, 40:56]).any()))  # mirrored box sits at 40..56
     assert 0 < sum(flips) < 12
-    unflipped = TrainingSamples(dataset, config(), augment=False, seed=5)
+    unflipped = TrainingSamples(dataset, config(), seed=5)
     assert not any(unflipped[(0, draw)]["masks"][0][:, 40:56].any() for draw in range(12))
+
+
+def test_an_augmentation_drawing_from_the_global_generators_is_reproducible(dataset):
+    def noise(image, masks):  # what imgaug-style augmenters do: draw from the global state
+        shift = np.random.randint(0, 50) + random.randint(0, 50) + int(torch.randint(50, ()))
+        return (image.astype(np.int64) + shift).clip(0, 255).astype(np.uint8), masks
+
+    samples = TrainingSamples(dataset, config(), augmentation=noise, seed=1)
+    states = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()
+    images = [samples[(0, draw)]["image"] for draw in (0, 1, 0)]
+    np.testing.assert_array_equal(images[0], images[2])
+    assert not np.array_equal(images[0], images[1])
+    # The caller's generators are as they were.
+    assert random.getstate() == states[0]
+    np.testing.assert_array_equal(np.random.get_state()[1], states[1])
+    assert torch.equal(torch.get_rng_state(), states[2])
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda image, masks: (image[:10], masks), "must keep the image's shape"),
+    (lambda image, masks: (image.astype(np.float32), masks), "shape and dtype"),
+    (lambda image, masks: (image, masks[:, :, :0]), "must keep their shape"),
+])
+def test_an_augmentation_must_keep_shapes(dataset, bad, message):
+    with pytest.raises(ValueError, match=message):
+        load_image_gt(dataset, 0, config(), augmentation=bad)
+
+
+class MatterportStyleDataset:
+    """A dataset as Matterport's utils.Dataset subclasses are: ids, classes and loaders only."""
+
+    num_classes = 3
+    class_names = ["BG", "box", "crowd"]
+    image_ids = np.arange(3)
+
+    def load_image(self, image_id):
+        return np.full((SIDE, SIDE, 3), 10 * image_id, np.uint8)
+
+    def load_mask(self, image_id):
+        masks = np.zeros((SIDE, SIDE, 1), bool)
+        masks[4:12, 4:12] = True
+        # Image 0 has only a crowd; images 1 and 2 an instance of class 1.
+        return masks, np.array([-2 if image_id == 0 else 1], np.int32)
+
+    def image_reference(self, image_id):
+        return f"image {image_id}"
+
+
+def test_any_dataset_with_matterports_interface_trains():
+    dataset = MatterportStyleDataset()
+    assert trainable_image_indices(dataset) == [0, 1, 2]
+    samples = TrainingSamples(dataset, config())
+    # Image 0 has no instance to learn from: the next image replaces it, as Matterport skips it.
+    assert samples[(0, 0)]["image_meta"][0] == 1
+    assert samples[(2, 0)]["image_meta"][0] == 2
 
 
 def test_class_count_must_match(dataset):
@@ -131,7 +192,7 @@ def test_images_that_cannot_be_processed_are_reported_and_replaced(dataset, tmp_
         (tmp_path / info.path.rsplit("/", 1)[1]).write_bytes(b"not a png")
     good = tmp_path / "4.png"
     good.write_bytes(open(dataset.image_info(3).path, "rb").read())
-    samples = TrainingSamples(broken, config(), augment=False)
+    samples = TrainingSamples(broken, config())
     sample = samples[(1, 0)]  # images 2 and 3 are corrupt: image 4 is loaded instead
     assert sample["image_meta"][0] == 3
     assert [line.split(": ")[0] for line in sample["skipped"]] == [
@@ -141,15 +202,16 @@ def test_images_that_cannot_be_processed_are_reported_and_replaced(dataset, tmp_
     # Over the pixel budget: even image 4 fails, so no image of the dataset can be processed.
     broken.max_pixels = SIDE * SIDE - 1
     failed = samples[(0, 0)]
-    assert failed["error"].startswith(f"no image of {broken.annotation_json} can be processed; "
-                                      f"the first: {tmp_path / '1.png'} (by its size in")
+    assert failed["error"].startswith(
+        "no image of the dataset gives a training sample with an instance of a class (4 cannot "
+        f"be processed; the first: {tmp_path / '1.png'} (by its size in")
     assert len(failed["skipped"]) == 4 and "4.png (by its size" in failed["skipped"][3]
     batch = collate([sample, failed], [0, 0, 0])
     assert batch == failed  # an error batch is the error alone
 
 
 def test_collate_passes_the_skipped_images_on(dataset):
-    samples = TrainingSamples(dataset, config(), augment=False)
+    samples = TrainingSamples(dataset, config())
     first, second = samples[(0, 0)], samples[(3, 1)]
     first["skipped"], second["skipped"] = ["a.png: broken"], ["b.png: broken", "c.png: thin"]
     assert collate([first, second], [0, 0, 0])["skipped"] == [
@@ -168,6 +230,8 @@ def test_draw_sampler_passes_epochs_and_ranks():
     # Two processes with 1 image each share the global batches of 2 of the single process.
     ranks = [list(DrawSampler(indices, 1, 3, 0, seed=1, rank=r, world_size=2)) for r in (0, 1)]
     assert [pair for step in zip(*ranks) for pair in step] == single[0]
+    # One sampler over several epochs draws what the samplers of each epoch do.
+    assert list(DrawSampler(indices, 2, 3, 0, seed=1, epochs=2)) == single[0] + single[1]
 
 
 def test_collate_pads_images_and_instances():
@@ -180,6 +244,8 @@ def test_collate_pads_images_and_instances():
                 "masks": np.ones((count, height, width), bool)}
 
     batch = collate([sample(64, 128, 2), sample(128, 64, 1)], mean)
+    assert "draws" not in batch
+    assert collate([dict(sample(8, 8, 1), draw=7)], mean)["draws"].tolist() == [7]
     assert batch["images"].shape == (2, 3, 128, 128) and batch["images"].dtype == torch.float32
     np.testing.assert_allclose(batch["images"][0, :, 0, 0], [100, 90, 80])
     np.testing.assert_allclose(batch["images"][0, :, 100, 0], [-100, -110, -120])  # padding

@@ -7,7 +7,7 @@ import torch
 from skimage.transform import resize as skimage_resize
 
 import mrcnn.unmold
-from mrcnn.unmold import unmold_detections, unmold_masks
+from mrcnn.unmold import unmold_batch, unmold_detections, unmold_masks
 from tests.reference import PUBLIC_CASE
 
 REFERENCE = PUBLIC_CASE
@@ -171,3 +171,71 @@ def test_unmold_rejects_inconsistent_inputs():
                           mask_scores=torch.zeros(4))
     with pytest.raises(ValueError, match="positive height"):
         unmold_masks(torch.zeros(1, 28, 28), torch.tensor([[3, 3, 3, 8]]), (9, 9))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_unmold_masks_matches_skimage_on_many_random_cases(seed, device):
+    """Random boxes (inside, across the border, outside; 1 to 150 pixels) and soft masks spread
+    around the threshold, some rounded to bfloat16 (the bf16 mode's masks, with many ties)."""
+    rng = np.random.default_rng(100 + seed)
+    image_hw = tuple(int(v) for v in rng.integers(20, 120, 2))
+    count = 60
+    corners = rng.integers(-40, max(image_hw), (count, 2))
+    sizes = rng.integers(1, 150, (count, 2))
+    boxes = np.concatenate([corners, corners + sizes], axis=1)
+    masks = 1 / (1 + np.exp(-rng.normal(0, 4, (count, 28, 28))))
+    masks[::3] = torch.from_numpy(masks[::3]).bfloat16().double().numpy()
+    masks[1, :14] = 0.5
+    masks = masks.astype(np.float32)
+    expected = np.stack([matterport_unmold_mask(m, b, image_hw) for m, b in zip(masks, boxes)],
+                        axis=-1)
+
+    got = unmold_masks(torch.from_numpy(masks).to(device), boxes, image_hw)
+
+    np.testing.assert_array_equal(got.cpu().numpy(), expected)
+    assert expected.any() and not expected.all()
+
+
+def test_unmold_batch_equals_unmolding_each_image(device):
+    rng = np.random.default_rng(5)
+    shapes = [(300, 200, 3), (256, 256, 3), (40, 250, 3)]
+    windows = np.array([(0, 42, 256, 213), (0, 0, 256, 256), (108, 0, 148, 256)], np.int32)
+    cases = [random_detections(rng, (256, 256), window, count, 100 - count)
+             for window, count in zip(windows, (12, 30, 5))]
+    detections = np.stack([case[0] for case in cases])
+    masks = np.stack([case[1] for case in cases])
+    rows = np.flatnonzero(detections[..., 4].reshape(-1) > 0)  # as infer() gives them
+    flat_masks = masks.reshape(-1, 28, 28)[rows]
+    scores = rng.uniform(0, 1, len(rows)).astype(np.float32)
+
+    together = unmold_batch(torch.from_numpy(detections).to(device),
+                            torch.from_numpy(flat_masks).to(device), torch.from_numpy(rows),
+                            shapes, (256, 256, 3), windows, torch.from_numpy(scores).to(device))
+
+    for b, result in enumerate(together):
+        mine = rows // 100 == b
+        alone = unmold_detections(detections[b, :mine.sum()], masks[b, :mine.sum()], shapes[b],
+                                  (256, 256, 3), windows[b], mask_scores=scores[mine])
+        assert list(result) == list(alone)
+        for name in alone:
+            np.testing.assert_array_equal(result[name], alone[name])
+    assert [r["masks"].shape[-1] for r in together] == [11, 29, 4]  # row 1 dropped in each
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_unmold_batch_on_cuda_waits_twice_whatever_the_chunks(monkeypatch):
+    rng = np.random.default_rng(6)
+    detections, masks = random_detections(rng, (256, 256), (0, 0, 256, 256), 40, 60)
+    monkeypatch.setattr(mrcnn.unmold, "_CHUNK_ELEMENTS", 500)  # dozens of chunks
+    rows = torch.arange(100, device="cuda")
+    detections, masks = (torch.from_numpy(a).cuda() for a in (detections, masks))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with pytest.warns(UserWarning) as caught:
+            unmold_batch(detections[None], masks, rows, [(500, 400, 3)], (256, 256, 3),
+                         [(0, 0, 256, 256)])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    waits = [w for w in caught if "synchroniz" in str(w.message)]
+    assert 1 <= len(waits) <= 2, [str(w.message) for w in waits]

@@ -2,14 +2,19 @@ import hashlib
 import http.server
 import os
 import socket
+import subprocess
+import sys
 import threading
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from mrcnn import weights
-from mrcnn.weights import DownloadError
+import torch
+
+from mrcnn import atomic, weights
+from mrcnn.config import Config
+from mrcnn.weights import DownloadError, WeightsError
 
 PAYLOAD = bytes(range(256)) * 1200          # 300 KiB: several reads with a small chunk size
 PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
@@ -81,15 +86,68 @@ def test_download_lands_in_cache_with_progress_then_is_reused(server, cache, cap
     path = weights.cached_download(f"{server}/file.bin", "file.bin", len(PAYLOAD), PAYLOAD_SHA256)
     assert path == cache / "file.bin"
     assert path.read_bytes() == PAYLOAD
-    assert os.listdir(cache) == ["file.bin"]
+    assert sorted(os.listdir(cache)) == ["file.bin", "file.bin.verified"]
     err = capsys.readouterr().err
     assert "file.bin" in err and "100%" in err and "300k/300k" in err
     assert Handler.requests == ["/file.bin"]
 
-    again = weights.cached_download(f"{server}/file.bin", "file.bin", len(PAYLOAD),
-                                    PAYLOAD_SHA256)
+    def no_hashing(*args):
+        raise AssertionError("a verified file must not be hashed again")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(weights, "file_sha256", no_hashing)
+        again = weights.cached_download(f"{server}/file.bin", "file.bin", len(PAYLOAD),
+                                        PAYLOAD_SHA256)
     assert again == path
     assert Handler.requests == ["/file.bin"], "a cached file must not be downloaded again"
+
+
+def test_a_same_size_corrupt_cached_file_is_detected_and_downloaded_again(server, cache,
+                                                                          capsys):
+    path = weights.cached_download(f"{server}/file.bin", "file.bin", len(PAYLOAD), PAYLOAD_SHA256,
+                                   progress=False)
+    path.write_bytes(bytes(len(PAYLOAD)))          # all zeros, the right size
+    assert weights.cached_download(f"{server}/file.bin", "file.bin", len(PAYLOAD),
+                                   PAYLOAD_SHA256, progress=False) == path
+    assert path.read_bytes() == PAYLOAD
+    assert Handler.requests == ["/file.bin", "/file.bin"]
+    err = capsys.readouterr().err
+    assert f"has SHA-256 {hashlib.sha256(bytes(len(PAYLOAD))).hexdigest()}, expected " \
+           f"{PAYLOAD_SHA256} (damaged or another file); downloading it again" in err
+
+    # A file found without a record is hashed once, then trusted while size and time hold.
+    (cache / "file.bin.verified").unlink()
+    hashed = []
+    real_hash = weights.file_sha256
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(weights, "file_sha256", lambda *args: hashed.append(1) or real_hash(*args))
+        for _ in range(2):
+            weights.cached_download(f"{server}/file.bin", "file.bin", len(PAYLOAD),
+                                    PAYLOAD_SHA256, progress=False)
+    assert hashed == [1] and len(Handler.requests) == 2
+
+
+def test_a_corrupt_cached_file_offline_is_a_clear_error(cache, monkeypatch):
+    cache.mkdir()
+    (cache / "file.bin").write_bytes(bytes(len(PAYLOAD)))
+    with socket.socket() as probe:               # a port that nothing listens on any more
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(DownloadError, match="has SHA-256 .* and downloading it again failed: "
+                                            "could not download"):
+        weights.cached_download(f"http://127.0.0.1:{port}/file.bin", "file.bin", len(PAYLOAD),
+                                PAYLOAD_SHA256, progress=False, timeout=2)
+    assert (cache / "file.bin").read_bytes() == bytes(len(PAYLOAD))  # nothing else is lost
+
+
+def test_leftovers_of_a_killed_download_are_cleaned(server, cache):
+    cache.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    leftover = cache / f".file.bin.{atomic.HOST_TAG}-{dead}.abcd_123.tmp"
+    leftover.write_bytes(b"half a download")
+    weights.cached_download(f"{server}/file.bin", "file.bin", progress=False)
+    assert os.listdir(cache) == ["file.bin"]
 
 
 def test_no_progress_when_asked(server, cache, capsys):
@@ -169,26 +227,35 @@ def test_download_replaces_an_existing_destination(server, tmp_path):
 
 def test_coco_weights_come_from_the_cache_without_network(cache, monkeypatch):
     def no_network(*args, **kwargs):
-        raise AssertionError("coco_weights_path must not download a cached file")
+        raise OSError("no network")
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    # Matterport's file, played by PAYLOAD: the check is of content, not size.
+    monkeypatch.setattr(weights, "COCO_WEIGHTS_SIZE", len(PAYLOAD))
+    monkeypatch.setattr(weights, "COCO_WEIGHTS_SHA256", PAYLOAD_SHA256)
     cache.mkdir()
     cached = cache / "mask_rcnn_coco.h5"
-    with open(cached, "wb") as f:                 # sparse: takes no disk space
-        f.truncate(257_557_808)
-    assert weights.coco_weights_path() == cached
+    cached.write_bytes(PAYLOAD)
+    assert weights.coco_weights_path(progress=False) == cached
 
-    with open(cached, "wb") as f:
-        f.truncate(1000)
-    with pytest.raises(DownloadError, match="has 1000 bytes, expected 257557808"):
-        weights.coco_weights_path()
+    cached.write_bytes(bytes(len(PAYLOAD)))
+    with pytest.raises(DownloadError, match="mask_rcnn_coco.h5 has SHA-256"):
+        weights.coco_weights_path(progress=False)
+    cached.write_bytes(PAYLOAD[:1000])
+    with pytest.raises(DownloadError, match=f"has 1000 bytes, expected {len(PAYLOAD)}"):
+        weights.coco_weights_path(progress=False)
 
 
 def test_coco_weights_download_asks_for_the_release_file(cache, monkeypatch):
     calls = []
-    monkeypatch.setattr(weights, "download", lambda *args: calls.append(args) or args[1])
+    def download(*args):
+        calls.append(args)
+        args[1].parent.mkdir(parents=True, exist_ok=True)
+        args[1].write_bytes(b"")
+
+    monkeypatch.setattr(weights, "download", download)
     assert weights.coco_weights_path(progress=False) == cache / "mask_rcnn_coco.h5"
-    url, dest, size, sha256, progress, _ = calls[0]
+    url, dest, size, sha256, progress, *_ = calls[0]
     assert url == "https://github.com/matterport/Mask_RCNN/releases/download/v2.0/mask_rcnn_coco.h5"
     assert (dest, size, len(sha256), progress) == (cache / "mask_rcnn_coco.h5", 257_557_808, 64,
                                                    False)
@@ -229,3 +296,65 @@ def test_failed_conversion_leaves_nothing(cache, tmp_path):
     assert os.listdir(cache / "converted") == []
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         weights.cached_converted_weights(tmp_path / "absent.h5", convert)
+
+
+class StubModel:
+    """What the checkpoint functions need of a model: its config and state_dict()."""
+
+    def __init__(self, value):
+        self.config = Config(NUM_CLASSES=3)
+        self.value = value
+
+    def state_dict(self):
+        return {"weight": torch.full((2, 2), float(self.value))}
+
+
+def save_epoch(run_dir, epoch, keep_last=0):
+    model = StubModel(epoch)
+    return weights.save_epoch_checkpoint(run_dir, model, model.config,
+                                         {"epoch": epoch, "global_step": 10 * epoch},
+                                         {"optimizer": {"momentum": torch.tensor(epoch)}},
+                                         keep_last=keep_last)
+
+
+def test_epoch_checkpoints_keep_the_state_for_the_newest_only(tmp_path):
+    for epoch in (1, 2, 3):
+        save_epoch(tmp_path, epoch, keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "epoch_0002.pth", "epoch_0003.pth", "epoch_0003.state.pth"]
+    found = weights.latest_resumable(tmp_path)
+    assert found == (tmp_path / "epoch_0003.pth", tmp_path / "epoch_0003.state.pth")
+    checkpoint, state = weights.read_training_checkpoint(*found)
+    assert checkpoint["training"] == {"epoch": 3, "global_step": 30}
+    assert state["optimizer"]["momentum"] == 3 and state["format"] == "mrcnn-training-state"
+    assert torch.equal(checkpoint["state_dict"]["weight"], torch.full((2, 2), 3.0))
+    # Each epoch checkpoint is also plain weights.
+    assert weights.read_checkpoint(tmp_path / "epoch_0002.pth")["config"]["NUM_CLASSES"] == 3
+    with pytest.raises(WeightsError, match="training state of a run"):
+        weights.read_checkpoint(tmp_path / "epoch_0003.state.pth")
+
+
+def test_resume_never_picks_an_incomplete_epoch(tmp_path):
+    save_epoch(tmp_path, 1)
+    # Killed after writing epoch 2's state, before its checkpoint: epoch 1 is the last whole one.
+    save_epoch(tmp_path / "other", 2)
+    (tmp_path / "epoch_0002.state.pth").write_bytes((tmp_path / "other" / "epoch_0002.state.pth")
+                                                    .read_bytes())
+    (tmp_path / f".epoch_0002.pth.{atomic.HOST_TAG}-1.abcdefgh.tmp").write_bytes(b"half")
+    assert weights.latest_resumable(tmp_path)[0] == tmp_path / "epoch_0001.pth"
+    # A checkpoint without its state (weights only) is passed over too.
+    (tmp_path / "epoch_0003.pth").write_bytes((tmp_path / "epoch_0001.pth").read_bytes())
+    assert weights.latest_resumable(tmp_path)[0] == tmp_path / "epoch_0001.pth"
+    with pytest.raises(WeightsError, match=r"does not belong to .*epoch_0003.pth"):
+        weights.read_training_checkpoint(tmp_path / "epoch_0003.pth",
+                                         tmp_path / "epoch_0002.state.pth")
+    (tmp_path / "epoch_0001.state.pth").unlink()
+    assert weights.latest_resumable(tmp_path) is None
+
+
+def test_export_writes_weights_only(tmp_path):
+    checkpoint = save_epoch(tmp_path / "run", 4)
+    exported = weights.export_weights(checkpoint, tmp_path / "model.pth")
+    content = torch.load(exported, weights_only=True)
+    assert set(content) == {"format", "version", "config", "state_dict"}
+    assert torch.equal(content["state_dict"]["weight"], torch.full((2, 2), 4.0))

@@ -10,6 +10,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from mrcnn.ops import crop_and_resize_decomposed
+
 __all__ = ["crop_and_resize", "nms", "roi_align"]
 
 
@@ -55,7 +57,9 @@ def nms(boxes, scores, iou_threshold, max_output_size=None, score_threshold=None
 
 
 def crop_and_resize(image, boxes, box_ind, crop_size, extrapolation_value=0.0):
-    """``tf.image.crop_and_resize`` (bilinear) in NCHW from gathers, in TF's float arithmetic.
+    """``tf.image.crop_and_resize`` (bilinear) in NCHW from gathers, in TF's float arithmetic:
+    the library's plain-torch decomposition of the op (the one the ONNX export uses,
+    mrcnn.ops.crop_and_resize_decomposed), which shares no code with the kernels.
 
     Every sample position and interpolation is computed with TF's operations in TF's order, each
     rounded in the image's dtype, so float32 results equal TensorFlow's CPU kernel bit for bit.
@@ -74,45 +78,8 @@ def crop_and_resize(image, boxes, box_ind, crop_size, extrapolation_value=0.0):
         Tensor[K, C, crop_height, crop_width] of ``image``'s dtype.
     """
     crop_height, crop_width = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
-    height, width = image.shape[2:]
-    boxes = boxes.to(image.dtype)
-    top, bottom, y_lerp, row_inside = _tf_axis_samples(boxes[:, 0], boxes[:, 2], crop_height,
-                                                       height)
-    left, right, x_lerp, col_inside = _tf_axis_samples(boxes[:, 1], boxes[:, 3], crop_width,
-                                                       width)
-    pixels = image.permute(0, 2, 3, 1)  # NHWC: a gather gives [K, crop_height, crop_width, C]
-    batch = box_ind.long()[:, None, None]
-
-    def corner(rows, cols):
-        return pixels[batch, rows[:, :, None], cols[:, None, :]]
-
-    x_lerp = x_lerp[:, None, :, None]
-    top_value = corner(top, left) + (corner(top, right) - corner(top, left)) * x_lerp
-    bottom_value = corner(bottom, left) + (corner(bottom, right) - corner(bottom, left)) * x_lerp
-    value = top_value + (bottom_value - top_value) * y_lerp[:, :, None, None]
-    inside = (row_inside[:, :, None] & col_inside[:, None, :])[..., None]
-    crops = torch.where(inside, value, value.new_full((), extrapolation_value))
-    return crops.permute(0, 3, 1, 2)
-
-
-def _tf_axis_samples(start, end, crop_size, size):
-    """TF's sample positions along one axis for boxes from ``start`` to ``end`` [K].
-
-    Returns ``low``, ``high`` (int64 pixel indices), ``lerp`` (the weight of ``high``) and
-    ``inside``, each [K, crop_size]; samples outside hold index 0 and must be masked.
-    """
-    last = size - 1
-    if crop_size > 1:
-        step = (end - start) * last / (crop_size - 1)
-        index = torch.arange(crop_size, dtype=start.dtype, device=start.device)
-        position = start[:, None] * last + index * step[:, None]
-    else:
-        # TF writes 0.5 * (start + end) * (size - 1): a double product, stored as float.
-        position = (0.5 * (start + end).double() * last).to(start.dtype)[:, None]
-    inside = (position >= 0) & (position <= last)  # False for NaN
-    position = torch.where(inside, position, position.new_zeros(()))
-    low = position.floor()
-    return low.long(), position.ceil().long(), position - low, inside
+    return crop_and_resize_decomposed(image, boxes.to(image.dtype), box_ind, crop_height,
+                                      crop_width, extrapolation_value)
 
 
 def roi_align(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True):

@@ -69,6 +69,63 @@ def _check_out_without_grad(op: str, input: Tensor) -> None:
             "without out=, or under torch.no_grad()")
 
 
+def crop_and_resize_decomposed(
+    image: Tensor,
+    boxes: Tensor,
+    box_ind: Tensor,
+    crop_height: int,
+    crop_width: int,
+    extrapolation_value: float = 0.0,
+) -> Tensor:
+    """``torch.ops.mrcnn.crop_and_resize`` written with plain torch operations (gathers and
+    arithmetic), for graphs that cannot carry the compiled operator (the ONNX export).
+
+    Same arguments, result and float arithmetic as the operator (TF's, each operation rounded on
+    its own), so results equal it bit for bit; autograd differentiates it in the image. Memory:
+    four gathered ``[K, crop_height, crop_width, C]`` corner tensors.
+    """
+    count = boxes.shape[0]
+    _, channels, height, width = image.shape
+    rows_inside, top, bottom, y_lerp = _axis_samples(boxes[:, 0], boxes[:, 2], crop_height, height)
+    cols_inside, left, right, x_lerp = _axis_samples(boxes[:, 1], boxes[:, 3], crop_width, width)
+    pixels = image.permute(0, 2, 3, 1).reshape(-1, channels)
+    plane = box_ind.to(torch.int64)[:, None, None] * (height * width)
+
+    def corners(rows, cols):
+        """[K, crop_height, crop_width, C] pixels at rows [K, crop_height], cols [K, crop_width]."""
+        index = plane + rows[:, :, None] * width + cols[:, None, :]
+        return pixels[index.reshape(-1)].reshape(count, crop_height, crop_width, channels)
+
+    x_lerp = x_lerp[:, None, :, None]
+    upper = corners(top, left)
+    upper = upper + (corners(top, right) - upper) * x_lerp
+    lower = corners(bottom, left)
+    lower = lower + (corners(bottom, right) - lower) * x_lerp
+    crops = upper + (lower - upper) * y_lerp[:, :, None, None]
+    inside = (rows_inside[:, :, None] & cols_inside[:, None, :])[..., None]
+    crops = torch.where(inside, crops, torch.full_like(crops, extrapolation_value))
+    return crops.permute(0, 3, 1, 2)
+
+
+def _axis_samples(start: Tensor, end: Tensor, crop_size: int, size: int):
+    """The samples of boxes running from start [K] to end [K] along an axis of `size` pixels
+    (the kernel's axis_sample, csrc/crop_and_resize.h) -> (inside [K, crop_size] bool, low and
+    high pixel [K, crop_size] int64 (0 outside), lerp [K, crop_size] the weight of high)."""
+    last = float(size - 1)
+    if crop_size > 1:
+        step = (end - start) * last / float(crop_size - 1)
+        index = torch.arange(crop_size, dtype=start.dtype, device=start.device)
+        position = start[:, None] * last + index * step[:, None]
+    else:
+        # TF's 0.5 * (start + end) * (size - 1): a double product of the sum, rounded back.
+        position = ((start + end).double() * 0.5 * last).to(start.dtype)[:, None]
+    # NaN fails both comparisons, so it is outside too.
+    inside = (position >= 0) & (position <= last)
+    position = torch.where(inside, position, torch.zeros_like(position))
+    low = torch.floor(position)
+    return inside, low.to(torch.int64), torch.ceil(position).to(torch.int64), position - low
+
+
 def _pair(crop_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
     pair = tuple(crop_size) if isinstance(crop_size, Sequence) else (crop_size, crop_size)
     try:
