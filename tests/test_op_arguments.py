@@ -105,6 +105,15 @@ CASES = {
                              "must be on the same device"),
     "crop box_ind elsewhere": ("crop_and_resize(img, bx, bi.to(other), 3)", RuntimeError,
                                "must be on the same device"),
+    "crop out shape": ("crop_and_resize(img, bx, bi, 3, out=torch.zeros(6, 3, 3, 2, device=dev))",
+                       RuntimeError,
+                       r"out must be a \[K, C, crop_height, crop_width\] = \[6, 3, 3, 3\]"),
+    "crop out dtype": (
+        "crop_and_resize(img, bx, bi, 3, out=torch.zeros(6, 3, 3, 3, dtype=torch.float64, "
+        "device=dev))", RuntimeError, "out must have the image's dtype"),
+    "crop out expanded": (
+        "crop_and_resize(img, bx, bi, 3, out=torch.zeros(1, 1, 1, 1, device=dev).expand(6, 3, 3, 3))",
+        RuntimeError, "unsupported operation"),
     # crop_and_resize_backward(grad, boxes, box_ind, batch, channels, height, width);
     # grad g [6, 3, 3, 3], box_ind bj = [0, 1, 0, 1, 0, 1].
     "crop backward grad channels": (
@@ -166,6 +175,15 @@ CASES = {
                              "on the CPU supports float32 and float64 input"),
     "roi_align rois elsewhere": ("roi_align(x, r.to(other), 2)", RuntimeError,
                                  "input and rois must be on the same device"),
+    "roi_align out shape": ("roi_align(x, r, 2, out=torch.zeros(1, 3, 2, 3, device=dev))",
+                            RuntimeError,
+                            r"out must be a \[K, C, pooled_height, pooled_width\]"),
+    "roi_align out dtype": (
+        "roi_align(x, r, 2, out=torch.zeros(1, 3, 2, 2, dtype=torch.float64, device=dev))",
+        RuntimeError, "out must have the input's dtype"),
+    "roi_align out with autograd": (
+        "roi_align(x.clone().requires_grad_(), r, 2, out=torch.zeros(1, 3, 2, 2, device=dev))",
+        RuntimeError, "out= does not support autograd"),
     # roi_align_backward(grad, rois, scale, pooled_h, pooled_w, batch, channels, height, width,
     # sampling_ratio, aligned); grad gr [1, 3, 2, 2].
     "roi_align backward grad shape": (

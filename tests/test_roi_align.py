@@ -175,16 +175,6 @@ def test_out_is_written_and_returned(device, layout):
     assert torch.equal(out_other_layout, expected)
 
 
-def test_bad_out(device):
-    input, rois = _valid_args(device)
-    with pytest.raises(RuntimeError, match=r"out must be a \[K, C, pooled_height, pooled_width\]"):
-        roi_align(input, rois, 2, out=torch.zeros(1, 3, 2, 3, device=device))
-    with pytest.raises(RuntimeError, match="out must have the input's dtype"):
-        roi_align(input, rois, 2, out=torch.zeros(1, 3, 2, 2, dtype=torch.float64, device=device))
-    with pytest.raises(RuntimeError, match="out= does not support autograd"):
-        roi_align(input.requires_grad_(), rois, 2, out=torch.zeros(1, 3, 2, 2, device=device))
-
-
 def test_large_enough_to_run_in_parallel(device):
     # Enough bins that the CPU kernels split the work across threads.
     generator = torch.Generator().manual_seed(8)
