@@ -2,7 +2,7 @@
 import torch.nn.functional as F
 from torch import nn
 
-from mrcnn.layers import BatchNorm2d, conv_bn, pad_same
+from mrcnn.layers import BatchNorm2d, conv2d, pad_same
 
 # Identity blocks after the first block of stage 4.
 STAGE4_IDENTITY_BLOCKS = {"resnet50": 5, "resnet101": 22}
@@ -27,12 +27,11 @@ class Bottleneck(nn.Module):
             self.shortcut_conv = self.shortcut_bn = None
 
     def forward(self, x):
-        y = F.relu(conv_bn(x, self.conv_a, self.bn_a), inplace=True)
-        y = F.relu(conv_bn(y, self.conv_b, self.bn_b), inplace=True)
-        y = conv_bn(y, self.conv_c, self.bn_c)
-        shortcut = x if self.shortcut_conv is None else conv_bn(x, self.shortcut_conv,
-                                                                 self.shortcut_bn)
-        return F.relu(y.add_(shortcut), inplace=True)
+        y = conv2d(x, self.conv_a, self.bn_a, relu=True)
+        y = conv2d(y, self.conv_b, self.bn_b, relu=True)
+        shortcut = x if self.shortcut_conv is None else conv2d(x, self.shortcut_conv,
+                                                               self.shortcut_bn)
+        return conv2d(y, self.conv_c, self.bn_c, relu=True, residual=shortcut)
 
     def keras_layers(self, stage, block):
         """Keras layer name -> module, e.g. res2a_branch2a, bn2a_branch2a, res2a_branch1."""
@@ -71,7 +70,7 @@ class ResNet(nn.Module):
 
     def forward(self, images):
         """images [B, 3, H, W] -> [C2, C3, C4, C5]."""
-        x = F.relu(conv_bn(images, self.conv1, self.bn_conv1), inplace=True)
+        x = conv2d(images, self.conv1, self.bn_conv1, relu=True)
         x = F.max_pool2d(pad_same(x, 3, 2, value=float("-inf")), 3, stride=2)
         features = []
         for stage in self.stages:
@@ -98,11 +97,11 @@ class FPN(nn.Module):
 
     def forward(self, features):
         # The top-down path adds the lateral maps before their 3x3 convs.
-        top_down = [self.lateral[-1](features[-1])]
+        top_down = [conv2d(features[-1], self.lateral[-1])]
         for lateral, c in zip(reversed(self.lateral[:-1]), reversed(features[:-1])):
             upsampled = F.interpolate(top_down[0], scale_factor=2, mode="nearest")
-            top_down.insert(0, upsampled + lateral(c))
-        pyramid = [conv(p) for conv, p in zip(self.output, top_down)]
+            top_down.insert(0, conv2d(c, lateral, residual=upsampled))
+        pyramid = [conv2d(p, conv) for conv, p in zip(self.output, top_down)]
         pyramid.append(pyramid[-1][:, :, ::2, ::2])
         return pyramid
 

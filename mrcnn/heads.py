@@ -5,7 +5,7 @@ from torch import nn
 
 from mrcnn.boxes import pixel_boxes
 from mrcnn.config import POOLERS
-from mrcnn.layers import BatchNorm2d, conv_bn
+from mrcnn.layers import BatchNorm2d, conv2d
 from mrcnn.ops import crop_and_resize, roi_align
 
 
@@ -88,8 +88,8 @@ class BoxHead(nn.Module):
 
     def forward(self, pooled):
         """pooled [R, C, 7, 7] -> (logits [R, K], probs [R, K], deltas [R, K, 4])."""
-        x = F.relu(conv_bn(pooled, self.conv1, self.bn1), inplace=True)
-        x = F.relu(conv_bn(x, self.conv2, self.bn2), inplace=True).flatten(1)
+        x = conv2d(pooled, self.conv1, self.bn1, relu=True)
+        x = conv2d(x, self.conv2, self.bn2, relu=True).flatten(1)
         logits = self.class_logits(x)
         deltas = self.bbox_fc(x).reshape(len(x), -1, 4)
         return logits, torch.softmax(logits, dim=-1), deltas
@@ -111,12 +111,20 @@ class MaskHead(nn.Module):
         self.deconv = nn.ConvTranspose2d(256, 256, 2, stride=2)
         self.mask = nn.Conv2d(256, num_classes, 1)
 
-    def forward(self, pooled):
-        """pooled [R, C, 14, 14] -> mask probabilities [R, K, 28, 28]."""
+    def forward(self, pooled, classes=None):
+        """pooled [R, C, 14, 14] -> mask probabilities [R, K, 28, 28] of every class or, given
+        classes [R], [R, 28, 28] of each row's class, the last layer computed for it alone (a
+        K-th of that layer's work and memory)."""
         x = pooled
         for conv, bn in zip(self.convs, self.bns):
-            x = F.relu(conv_bn(x, conv, bn), inplace=True)
-        return torch.sigmoid(self.mask(F.relu(self.deconv(x))))
+            x = conv2d(x, conv, bn, relu=True)
+        x = F.relu(self.deconv(x), inplace=True)
+        if classes is None:
+            return torch.sigmoid(self.mask(x))
+        # The 1x1 convolution's dot products over channels, for one output channel per row.
+        weight = self.mask.weight[classes, :, 0, 0]
+        logits = torch.einsum("rchw,rc->rhw", x, weight) + self.mask.bias[classes, None, None]
+        return torch.sigmoid(logits)
 
     def keras_layers(self):
         layers = {}
@@ -175,7 +183,7 @@ class MaskIoUHead(nn.Module):
         RoI's class -> predicted IoU [R, K] for every class."""
         x = torch.cat([pooled, F.max_pool2d(masks[:, None], 2, stride=2)], dim=1)
         for conv in self.convs:
-            x = F.relu(conv(x))
+            x = conv2d(x, conv, relu=True)
         x = F.relu(self.fc1(x.flatten(1)))
         x = F.relu(self.fc2(x))
         return self.iou(x)

@@ -1,4 +1,6 @@
 """Small building blocks shared by the network modules."""
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,7 +25,7 @@ class BatchNorm2d(nn.BatchNorm2d):
                             training=False, momentum=0.0, eps=self.eps)
 
 
-def conv_bn(x, conv, bn):
+def _conv_bn(x, conv, bn):
     """bn(conv(x)); as one convolution with BatchNorm folded in when bn uses its moving statistics.
 
     Folding saves a pass over the activations (a sixth of the backbone's CPU time) and is the same
@@ -31,10 +33,79 @@ def conv_bn(x, conv, bn):
     """
     if bn.training and bn.use_batch_statistics:
         return bn(conv(x))
+    return conv._conv_forward(x, *_folded_weight_and_bias(conv, bn))
+
+
+def _folded_weight_and_bias(conv, bn):
+    """conv's (weight, bias) with bn's moving-statistics affine map folded in."""
     scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
     weight = conv.weight * scale.reshape(-1, *[1] * (conv.weight.dim() - 1))
     bias = (conv.bias - bn.running_mean) * scale + bn.bias
-    return conv._conv_forward(x, weight, bias)
+    return weight, bias
+
+
+def conv2d(x, conv, bn=None, relu=False, residual=None):
+    """relu(bn(conv(x)) + residual): the model's convolutions, each optional part left out when
+    not given. x [B, C, H, W] -> [B, C', H', W'] (residual has the result's shape).
+
+    bn, a BatchNorm2d, is folded into the convolution unless it normalises with batch statistics.
+    In float32 CPU inference (no autograd, no autocast) the whole expression is one oneDNN
+    convolution with the addition and the ReLU as post-ops, on weights folded and reordered for
+    oneDNN once and kept until a parameter or buffer of conv or bn changes: no per-call folding
+    or weight reordering and no extra passes over the activations. It is float32 arithmetic like
+    the plain path (which serves training, CUDA and autocast), equal to it up to the summation
+    order of the kernel oneDNN picks.
+    """
+    if _fuses(x, conv, bn):
+        weight, bias = _packed_weight_and_bias(conv, bn, x.shape)
+        geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        activation = "relu" if relu else None
+        if residual is None:
+            return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry,
+                                                           activation or "none", [], "")
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, residual, weight, bias, *geometry, "add", None, activation, [], "")
+    y = conv(x) if bn is None else _conv_bn(x, conv, bn)
+    if residual is not None:
+        y.add_(residual)  # y is the convolution's own fresh result
+    return F.relu(y, inplace=True) if relu else y
+
+
+def _fuses(x, conv, bn):
+    """Whether conv2d can run as one fused oneDNN convolution (see conv2d)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+            and torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()
+            and isinstance(conv.padding, tuple) and conv.padding_mode == "zeros"
+            and conv.weight.device.type == "cpu" and conv.weight.dtype == torch.float32
+            and not (bn is not None and bn.training and bn.use_batch_statistics))
+
+
+# conv module -> (what its packed weight was computed from, packed weight, bias).
+_PACKED = weakref.WeakKeyDictionary()
+
+
+def _packed_weight_and_bias(conv, bn, input_shape):
+    """conv's weight (bn folded in) in oneDNN's blocked layout and its bias, computed once and
+    kept (beside the module, so that copying or saving it is unaffected) while every tensor they derive from is unchanged: same storage, same
+    version counter (in-place updates such as load_state_dict and optimiser steps bump it)."""
+    sources = [conv.weight, conv.bias]
+    if bn is not None:
+        sources += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+    key = tuple((t.data_ptr(), t._version) if t is not None else None for t in sources)
+    cached = _PACKED.get(conv)
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    if bn is None:
+        weight, bias = conv.weight, conv.bias
+    else:
+        weight, bias = _folded_weight_and_bias(conv, bn)
+    packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+        weight.detach().contiguous().to_mkldnn(), list(conv.padding), list(conv.stride),
+        list(conv.dilation), conv.groups, list(input_shape))
+    bias = None if bias is None else bias.detach().contiguous()
+    _PACKED[conv] = (key, packed, bias)
+    return packed, bias
 
 
 def same_padding(size, kernel, stride):

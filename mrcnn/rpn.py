@@ -2,11 +2,10 @@
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mrcnn.boxes import apply_box_deltas, clip_boxes
-from mrcnn.layers import pad_per_image, pad_same
+from mrcnn.layers import conv2d, pad_per_image, pad_same
 from mrcnn.ops import batched_nms
 
 
@@ -16,7 +15,10 @@ class RPN(nn.Module):
     def __init__(self, anchors_per_location, anchor_stride=1, channels=256):
         super().__init__()
         self.anchor_stride = anchor_stride
-        self.conv_shared = nn.Conv2d(channels, 512, 3, stride=anchor_stride)
+        # TensorFlow's 'SAME' padding of a 3x3 stride-1 convolution is one pixel on each side,
+        # which the convolution then pads itself (no padded copy of each level).
+        self.conv_shared = nn.Conv2d(channels, 512, 3, stride=anchor_stride,
+                                     padding=1 if anchor_stride == 1 else 0)
         self.class_raw = nn.Conv2d(512, 2 * anchors_per_location, 1)
         self.bbox_pred = nn.Conv2d(512, 4 * anchors_per_location, 1)
 
@@ -27,10 +29,11 @@ class RPN(nn.Module):
         """
         logits, deltas = [], []
         for p in feature_maps:
-            shared = F.relu(self.conv_shared(pad_same(p, 3, self.anchor_stride)))
+            padded = p if self.anchor_stride == 1 else pad_same(p, 3, self.anchor_stride)
+            shared = conv2d(padded, self.conv_shared, relu=True)
             batch = p.shape[0]
-            logits.append(self.class_raw(shared).permute(0, 2, 3, 1).reshape(batch, -1, 2))
-            deltas.append(self.bbox_pred(shared).permute(0, 2, 3, 1).reshape(batch, -1, 4))
+            logits.append(conv2d(shared, self.class_raw).permute(0, 2, 3, 1).reshape(batch, -1, 2))
+            deltas.append(conv2d(shared, self.bbox_pred).permute(0, 2, 3, 1).reshape(batch, -1, 4))
         logits = torch.cat(logits, dim=1)
         return logits, torch.softmax(logits, dim=-1), torch.cat(deltas, dim=1)
 

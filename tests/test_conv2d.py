@@ -1,0 +1,177 @@
+"""mrcnn.layers.conv2d: relu(bn(conv(x)) + residual), fused into one oneDNN convolution with
+cached prepacked weights in CPU inference, and the plain PyTorch ops otherwise.
+
+The fused path must agree with the plain ops and with a float64 computation to float32 rounding
+(oneDNN may pick another kernel for a fused primitive, with another summation order, so equality
+is not bit for bit in every case), and never serve weights that changed since they were packed.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mrcnn.layers import BatchNorm2d, conv2d
+
+# (in channels, out channels, kernel, stride, padding, input [B, H, W]).
+SHAPES = [
+    (16, 32, 3, 1, 1, (2, 12, 10)),
+    (16, 32, 1, 1, 0, (2, 12, 10)),
+    (16, 32, 1, 2, 0, (2, 12, 10)),
+    (3, 8, 7, 2, 3, (2, 20, 18)),
+    (32, 64, 7, 1, 0, (3, 7, 7)),      # the box head's first layer: a 7x7 "fully connected" conv
+    (64, 32, 3, 1, 1, (1, 24, 24)),
+]
+
+
+def make_case(seed, cin, cout, kernel, stride, padding, batch_hw, with_bn=True, bias=True):
+    generator = torch.Generator().manual_seed(seed)
+    conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=bias)
+    bn = BatchNorm2d(cout) if with_bn else None
+    with torch.no_grad():
+        for tensor in [conv.weight, conv.bias] + ([bn.weight, bn.bias, bn.running_mean]
+                                                  if with_bn else []):
+            if tensor is not None:
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.3)
+        if with_bn:
+            bn.running_var.copy_(torch.rand(cout, generator=generator) + 0.5)
+    conv.eval()
+    if bn is not None:
+        bn.eval()
+    batch, height, width = batch_hw
+    x = torch.randn(batch, cin, height, width, generator=generator)
+    return conv, bn, x
+
+
+def plain(x, conv, bn=None, relu=False, residual=None):
+    """The plain path: conv2d with autograd on takes it."""
+    with torch.enable_grad():
+        return conv2d(x, conv, bn, relu=relu, residual=residual).detach()
+
+
+def assert_same_float32(actual, expected):
+    """Equal up to float32 rounding in another summation order: a few units in the last place of
+    the largest result (a difference in the weights or the pattern would be far larger)."""
+    torch.testing.assert_close(actual, expected, rtol=0,
+                               atol=4e-6 * expected.abs().max().item())
+
+
+def float64(x, conv, bn=None, relu=False, residual=None):
+    weight, bias = conv.weight.double(), conv.bias.double() if conv.bias is not None else None
+    y = F.conv2d(x.double(), weight, bias, conv.stride, conv.padding)
+    if bn is not None:
+        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        y = (y - bn.running_mean.double()[:, None, None]) * scale[:, None, None] \
+            + bn.bias.double()[:, None, None]
+    if residual is not None:
+        y = y + residual.double()
+    return F.relu(y) if relu else y
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_fused_equals_plain_ops(shape, relu, with_residual, layout):
+    conv, bn, x = make_case(1, *shape)
+    x = x.contiguous(memory_format=layout)
+    with torch.no_grad():
+        out_shape = conv(x).shape
+    residual = (torch.randn(out_shape, generator=torch.Generator().manual_seed(2))
+                .contiguous(memory_format=layout) if with_residual else None)
+    with torch.inference_mode():
+        fused = conv2d(x, conv, bn, relu=relu, residual=residual)
+    expected = plain(x, conv, bn, relu=relu, residual=residual)
+    assert fused.shape == expected.shape
+    assert_same_float32(fused, expected)
+    torch.testing.assert_close(fused.double(), float64(x, conv, bn, relu, residual),
+                               rtol=1e-5, atol=1e-5)
+    if relu:
+        assert fused.min() >= 0
+
+
+@pytest.mark.parametrize("with_bn, bias", [(False, True), (False, False), (True, True)])
+def test_without_batchnorm_or_bias(with_bn, bias):
+    conv, bn, x = make_case(3, 16, 32, 3, 1, 1, (2, 9, 9), with_bn=with_bn, bias=bias)
+    with torch.no_grad():
+        fused = conv2d(x, conv, bn, relu=True)
+    assert_same_float32(fused, plain(x, conv, bn, relu=True))
+
+
+def test_small_inputs_agree_with_float64():
+    # PyTorch runs a batch-1 input this small through its own native kernel instead of oneDNN.
+    conv, bn, x = make_case(4, 8, 16, 3, 1, 1, (1, 5, 5))
+    with torch.no_grad():
+        fused = conv2d(x, conv, bn, relu=True)
+    torch.testing.assert_close(fused.double(), float64(x, conv, bn, relu=True), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_one_packed_weight_serves_every_input_size():
+    # The RPN's shared conv runs on five pyramid levels, the heads on any number of boxes.
+    conv, bn, _ = make_case(5, 16, 32, 3, 1, 1, (2, 8, 8))
+    for batch, size in [(2, 32), (2, 4), (5, 16), (3, 1)]:
+        x = torch.randn(batch, 16, size, size, generator=torch.Generator().manual_seed(size))
+        with torch.inference_mode():
+            fused = conv2d(x, conv, bn, relu=True)
+        torch.testing.assert_close(fused.double(), float64(x, conv, bn, relu=True), rtol=1e-5,
+                                   atol=1e-5)
+
+
+@pytest.mark.parametrize("change", ["load_state_dict", "conv weight in place", "running_var",
+                                    "bn bias", "new parameter tensor"])
+def test_packed_weights_follow_parameter_changes(change):
+    conv, bn, x = make_case(6, 16, 32, 3, 1, 1, (2, 10, 10))
+    with torch.inference_mode():
+        conv2d(x, conv, bn, relu=True)  # packs the current weights
+    other_conv, other_bn, _ = make_case(7, 16, 32, 3, 1, 1, (2, 10, 10))
+    with torch.no_grad():
+        if change == "load_state_dict":
+            conv.load_state_dict(other_conv.state_dict())
+            bn.load_state_dict(other_bn.state_dict())
+        elif change == "conv weight in place":
+            conv.weight.mul_(-2)
+        elif change == "running_var":
+            bn.running_var.add_(3)
+        elif change == "bn bias":
+            bn.bias.sub_(1)
+        else:
+            conv.weight = nn.Parameter(conv.weight * 0.5)
+    with torch.inference_mode():
+        fused = conv2d(x, conv, bn, relu=True)
+    assert_same_float32(fused, plain(x, conv, bn, relu=True))
+
+
+def test_training_and_autocast_take_the_plain_path():
+    conv, bn, x = make_case(8, 16, 32, 3, 1, 1, (2, 6, 6))
+    x.requires_grad_(True)
+    y = conv2d(x, conv, bn, relu=True, residual=torch.ones(2, 32, 6, 6))
+    y.sum().backward()
+    assert x.grad is not None and conv.weight.grad is not None and bn.weight.grad is not None
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv2d(x.detach(), conv, bn, relu=True).dtype == torch.bfloat16
+
+
+def test_batch_statistics_are_not_folded():
+    conv, _, x = make_case(9, 16, 32, 3, 1, 1, (4, 6, 6))
+    bn = BatchNorm2d(32, use_batch_statistics=True).train()
+    with torch.no_grad():
+        y = conv2d(x, conv, bn)
+    # Normalised by the batch's own statistics: each channel has mean ~0.
+    assert y.mean(dim=(0, 2, 3)).abs().max() < 1e-4
+
+
+def test_copies_of_a_module_are_unaffected():
+    # The packed weights are kept beside the module: deep copies and saved state see none of it.
+    import copy
+    import io
+
+    conv, bn, x = make_case(10, 16, 32, 3, 1, 1, (2, 6, 6))
+    with torch.inference_mode():
+        conv2d(x, conv, bn)
+    clone = copy.deepcopy(conv)
+    assert set(clone.state_dict()) == {"weight", "bias"}
+    torch.save(conv, io.BytesIO())
+    with torch.no_grad():
+        clone.weight.mul_(2)
+        assert_same_float32(conv2d(x, clone, bn), plain(x, clone, bn))
+        assert_same_float32(conv2d(x, conv, bn), plain(x, conv, bn))
