@@ -106,14 +106,18 @@ class MaskScoringRCNN(nn.Module):
         _, probs, deltas = self.box_head(pooled)
         return probs.reshape(batch, count, -1), deltas.reshape(batch, count, -1, 4)
 
-    def segment(self, boxes, box_image, class_ids, pyramid, image_hw):
+    def segment(self, boxes, box_image, class_ids, pyramid, image_hw, every_class=True):
         """boxes [R, 4] of images box_image [R] with classes class_ids [R] ->
-        (masks [R, K, 28, 28] of every class, the MaskIoU head's output [R, K] for the mask of
-        each box's class: column class_ids[r] is that mask's predicted IoU)."""
+        (masks [R, K, 28, 28] of every class (None unless every_class), class_masks [R, 28, 28]
+        (each box's class's mask), the MaskIoU head's output [R, K] for that mask: column
+        class_ids[r] is its predicted IoU)."""
         pooled = self.mask_roi_align(boxes, box_image, pyramid[:4], image_hw)
-        masks = self.mask_head(pooled)
-        class_masks = masks[torch.arange(len(boxes), device=boxes.device), class_ids]
-        return masks, self.maskiou_head(pooled, class_masks)
+        if every_class:
+            masks = self.mask_head(pooled)
+            class_masks = masks[torch.arange(len(boxes), device=boxes.device), class_ids]
+        else:
+            masks, class_masks = None, self.mask_head(pooled, class_ids)
+        return masks, class_masks, self.maskiou_head(pooled, class_masks)
 
     def infer(self, molded_images, image_metas, anchors=None, mask_all_rows=False, timer=None,
               precision=None):
@@ -126,7 +130,8 @@ class MaskScoringRCNN(nn.Module):
         the ProposalLayer's Proposals and the DetectionLayer's Detections, which the layers
         compute anyway); and for the detection rows that carry a class (all rows, padding
         included, with mask_all_rows): mask_rows [R] (flat index b*MAX + i), mrcnn_mask
-        [R, K, 28, 28], class_masks [R, 28, 28] (the mask of the row's class), mask_ious [R, K]
+        [R, K, 28, 28] (with mask_all_rows, else None: detect() needs only each row's class),
+        class_masks [R, 28, 28] (the mask of the row's class), mask_ious [R, K]
         (the MaskIoU head's output for that mask), mask_iou [R] (its column of the row's class:
         the mask's predicted IoU) and mask_scores [R] (class score x mask_iou).
 
@@ -169,11 +174,14 @@ class MaskScoringRCNN(nn.Module):
                 box_image = mask_rows // detected.detections.shape[1]
                 row_classes = class_ids[mask_rows]
                 with scope.network():
-                    mrcnn_mask, mask_ious = self.segment(flat[mask_rows, :4], box_image,
-                                                         row_classes, pooled_levels, image_hw)
-                mrcnn_mask, mask_ious = mrcnn_mask.float(), mask_ious.float()
+                    # Masks of every class only for Matterport's full output layout.
+                    mrcnn_mask, class_masks, mask_ious = self.segment(
+                        flat[mask_rows, :4], box_image, row_classes, pooled_levels, image_hw,
+                        every_class=mask_all_rows)
+                if mrcnn_mask is not None:
+                    mrcnn_mask = mrcnn_mask.float()
+                class_masks, mask_ious = class_masks.float(), mask_ious.float()
                 rows = torch.arange(len(mask_rows), device=flat.device)
-                class_masks = mrcnn_mask[rows, row_classes]
                 mask_iou = mask_ious[rows, row_classes]
         return {"pyramid": pooled_levels + [pyramid[4].float()], "anchors": anchors,
                 "rpn_class": rpn_class, "rpn_bbox": rpn_bbox, "rpn_rois": proposals.rois,

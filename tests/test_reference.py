@@ -86,9 +86,24 @@ def test_detection_layer_from_reference_heads(model, device):
 @torch.inference_mode()
 def test_mask_head_from_reference_detections(model, device):
     detections = tensor("detections", device)[0]
-    masks, _ = model.segment(detections[:, :4], torch.zeros(100, dtype=torch.long, device=device),
+    masks, _, _ = model.segment(detections[:, :4], torch.zeros(100, dtype=torch.long, device=device),
                              detections[:, 4].long(), reference_pyramid(device), (256, 256))
     assert_close_to_scale(masks.permute(0, 2, 3, 1)[None], REF["mrcnn_mask"])
+
+
+@torch.inference_mode()
+def test_mask_head_for_each_rows_class_alone(model, device):
+    # detect() computes the mask head's last layer for each row's class only.
+    detections = tensor("detections", device)[0]
+    args = (detections[:, :4], torch.zeros(100, dtype=torch.long, device=device),
+            detections[:, 4].long(), reference_pyramid(device), (256, 256))
+    masks, class_masks, mask_ious = model.segment(*args)
+    assert masks.shape == (100, model.config.NUM_CLASSES, 28, 28)
+    none, alone, alone_ious = model.segment(*args, every_class=False)
+    assert none is None
+    # The same dot products in another summation order.
+    torch.testing.assert_close(alone, class_masks, rtol=0, atol=1e-6)
+    torch.testing.assert_close(alone_ious, mask_ious, rtol=1e-4, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
