@@ -3,6 +3,7 @@ import argparse
 import os
 import sys
 
+import mrcnn  # noqa: F401  first: it sets OpenMP's thread settings before torch loads
 import torch.distributed as dist
 
 from mrcnn.cli import (CliError, add_dataset_check_arguments, add_precision_argument,

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+import mrcnn  # noqa: F401  first: it sets OpenMP's thread settings before torch loads
 import torch
 import torch.distributed as dist
 from tqdm import tqdm

@@ -63,11 +63,11 @@ class Worker:
     run at a time, so that its own runs and the child's can alternate and see the same load on
     a shared machine. `ready` is the child's first message."""
 
-    def __init__(self, command, what):
+    def __init__(self, command, what, env=None):
         self.what = what
         self.stderr = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and block it
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=self.stderr, text=True)
+                                        stderr=self.stderr, text=True, env=env)
         self.ready = self.reply()
 
     def reply(self):
@@ -75,10 +75,28 @@ class Worker:
         for line in self.process.stdout:
             if line.startswith("{"):
                 return json.loads(line)
+        self.fail()
+
+    def fail(self):
+        """Exits with the child's exit status and the end of its stderr, once it has ended."""
         self.process.wait()
         self.stderr.seek(0)
         sys.exit(f"error: {self.what} failed (exit {self.process.returncode}):\n"
                  f"{self.stderr.read()[-4000:]}")
+
+    def check_running(self):
+        """Fails (see fail) when the child has ended: for a child that should run until
+        stopped."""
+        if self.process.poll() is not None:
+            self.fail()
+
+    def kill(self):
+        """Ends the child at once and reaps it (a child that runs until stopped)."""
+        self.process.kill()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout, self.stderr):
+            with suppress(BrokenPipeError):
+                stream.close()
 
     def run(self, request="run"):
         """Milliseconds of one timed run of `request` in the child."""

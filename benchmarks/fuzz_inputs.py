@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import mrcnn  # noqa: E402,F401  first: it sets OpenMP's thread settings before torch loads
 from benchmarks.common import markdown_table, record  # noqa: E402
 from tests.fuzz_inputs import CASES, GOOD, OUTCOMES, Base, Runner  # noqa: E402
 

@@ -12,9 +12,13 @@ notes say whether both found the same detections (count, class, boxes within a p
 models stay loaded and their timed runs alternate, so that both see the same load on a shared
 machine.
 
+With --competing-jobs N, N more processes run our detect() on the same setting in a loop while
+the timed runs of each setting go on, as other users' jobs would on a shared machine.
+
     python benchmarks/inference.py                       # R50 and R101 at 256/512/1024, CPU
     python benchmarks/inference.py --device cuda --repeat 20
     python benchmarks/inference.py --matterport ~/Mask_RCNN --tensorflow-python ~/tf/bin/python
+    python benchmarks/inference.py --sizes 512 --competing-jobs 1    # the cores shared
 """
 import argparse
 import json
@@ -23,6 +27,7 @@ import resource
 import shutil
 import statistics
 import sys
+import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -33,7 +38,11 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# Read before mrcnn sets its default: the notes tell the user's setting from mrcnn's, and the
+# Matterport peer runs in the user's environment.
+USERS_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 
+import mrcnn  # noqa: E402,F401  first: it sets OpenMP's thread settings before torch loads
 from benchmarks.common import Worker, markdown_table, record, synchronize  # noqa: E402
 from benchmarks.matterport_tf import REFERENCE_IMAGE, image_sha256, timed_runs  # noqa: E402
 from convert_weights.synthetic import write_synthetic_weights  # noqa: E402
@@ -69,14 +78,8 @@ def test_image_file(size):
     return path
 
 
-def measure(backbone, size, device, weights, image_path, precisions=("exact",), batch=1):
-    """Runs in the child process: times detect() in each precision, one after the other in an
-    order that swaps every time, once per request of the parent (see matterport_tf.timed_runs),
-    then returns per precision the median seconds per stage and per image, the detections and
-    their agreement with exact's, and the peak memory. Each call detects `batch` copies of the
-    image in one batch."""
-    import torch
-
+def load_model(backbone, size, device, weights, image_path, batch):
+    """The benchmark's model on `device` and its input: `batch` copies of the image."""
     from mrcnn.config import CocoConfig
     from mrcnn.detector import MaskScoringRCNN
     from preprocess.images import load_image
@@ -85,8 +88,37 @@ def measure(backbone, size, device, weights, image_path, precisions=("exact",), 
                         IMAGE_MAX_DIM=size)
     model = MaskScoringRCNN(config).load_weights(weights)
     model.to(device)
-    image = load_image(image_path)
-    images = [image] * batch
+    return model, [load_image(image_path)] * batch
+
+
+def compete(backbone, size, device, weights, image_path, batch):
+    """Runs in a competing-load child: exact detect() of the setting's images in a loop, until
+    it is killed or its parent goes away (its stdin closes). Says ready after the first call."""
+    import torch
+
+    def exit_with_parent():
+        sys.stdin.read()
+        os._exit(0)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
+    model, images = load_model(backbone, size, device, weights, image_path, batch)
+    with torch.inference_mode():
+        model.run_batch(images, precision="exact")
+        print(json.dumps({"ready": True}), flush=True)
+        while True:
+            model.run_batch(images, precision="exact")
+
+
+def measure(backbone, size, device, weights, image_path, precisions=("exact",), batch=1):
+    """Runs in the child process: times detect() in each precision, one after the other in an
+    order that swaps every time, once per request of the parent (see matterport_tf.timed_runs),
+    then returns per precision the median seconds per stage and per image, the detections and
+    their agreement with exact's, and the peak memory. Each call detects `batch` copies of the
+    image in one batch."""
+    import torch
+
+    model, images = load_model(backbone, size, device, weights, image_path, batch)
+    image = images[0]
     times = {precision: defaultdict(list) for precision in precisions}
     results = {}
 
@@ -185,27 +217,40 @@ def agreement(ours, peer):
 
 
 def time_setting(backbone, size, weights, args, tf_python):
-    """Times our detect() on one setting and, with --matterport, Matterport's in alternation.
+    """Times our detect() on one setting and, with --matterport, Matterport's in alternation;
+    with --competing-jobs, while that many competing loads run (see compete).
 
     Returns (our summary, Matterport's summary or None, Matterport's time / ours per pair)."""
     image = test_image_file(size)
-    ours = Worker([sys.executable, __file__, "--child", backbone, str(size), str(image),
-                   "--device", args.device, "--weights", str(weights), "--batch", str(args.batch),
-                   "--precision", *args.precision],
-                  f"the {backbone} {size} run")
+    child = [sys.executable, __file__, "--child", backbone, str(size), str(image), "--device",
+             args.device, "--weights", str(weights), "--batch", str(args.batch)]
+    ours = Worker(child + ["--precision", *args.precision], f"the {backbone} {size} run")
     matterport = Worker(
         [tf_python, str(ROOT / "benchmarks" / "matterport_tf.py"), "--serve", "--matterport",
          args.matterport, "--backbone", backbone, "--size", str(size), "--weights",
          str(weights), "--image", str(image)],
-        f"the Matterport {backbone} {size} run") if args.matterport else None
+        f"the Matterport {backbone} {size} run", env=users_environment()
+    ) if args.matterport else None
     speedups = []
-    for pair in tqdm(range(args.repeat), desc=f"{backbone} {size}x{size}", unit="run"):
-        if matterport is None:
-            ours.run()
-            continue
-        first, second = (ours, matterport) if pair % 2 == 0 else (matterport, ours)
-        milliseconds = {first: first.run(), second: second.run()}
-        speedups.append(milliseconds[matterport] / milliseconds[ours])
+    competitors = []
+    try:
+        # Started once both measured models are loaded and warmed up; each warms up before
+        # the timed runs start.
+        for job in range(args.competing_jobs):
+            competitors.append(Worker(child + ["--loop"],
+                                      f"competing job {job + 1} ({backbone} {size})"))
+        for pair in tqdm(range(args.repeat), desc=f"{backbone} {size}x{size}", unit="run"):
+            if matterport is None:
+                ours.run()
+                continue
+            first, second = (ours, matterport) if pair % 2 == 0 else (matterport, ours)
+            milliseconds = {first: first.run(), second: second.run()}
+            speedups.append(milliseconds[matterport] / milliseconds[ours])
+        for competitor in competitors:  # a load that stopped early would go unnoticed
+            competitor.check_running()
+    finally:
+        for competitor in competitors:
+            competitor.kill()
     summary = ours.finish()
     if matterport is None:
         return summary, None, speedups
@@ -213,6 +258,35 @@ def time_setting(backbone, size, weights, args, tf_python):
     if peer_summary["image_sha256"] != summary["image_sha256"]:
         sys.exit(f"error: the two {backbone} {size} runs were fed different pixels")
     return summary, peer_summary, speedups
+
+
+def users_environment():
+    """This process's environment with OMP_WAIT_POLICY as the user left it (mrcnn sets it)."""
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    if USERS_WAIT_POLICY is not None:
+        env["OMP_WAIT_POLICY"] = USERS_WAIT_POLICY
+    return env
+
+
+def thread_note(summary):
+    """The torch threads and the OpenMP wait policy our runs had, and who set the policy."""
+    policy = summary["omp_wait_policy"]
+    source = "the environment's" if USERS_WAIT_POLICY is not None else "mrcnn's default"
+    return (f"torch {summary['torch_threads']} threads, OMP_WAIT_POLICY {policy}"
+            + ("" if policy == "unset" else f" ({source})"))
+
+
+def competing_note(args):
+    """What competed with the timed runs for the CPU (nothing without --competing-jobs)."""
+    if not args.competing_jobs:
+        return []
+    jobs = args.competing_jobs
+    return [f"Competing load: {jobs} other process{'es' if jobs > 1 else ''} ran our exact "
+            f"detect() of the same setting ({args.batch} cop{'y' if args.batch == 1 else 'ies'} "
+            f"of the same image, same weights, same threads and OMP_WAIT_POLICY) in a loop during "
+            f"all the timed runs of each setting: started once the measured models were loaded "
+            f"and warmed up, warmed up themselves before the first timed run, killed after the "
+            f"last, so that the {os.cpu_count()} cores were shared as on a busy machine."]
 
 
 def main():
@@ -245,11 +319,19 @@ def main():
                         "(default: exact)")
     parser.add_argument("--batch", type=int, default=1,
                         help="images per detect() call, run as one batch (times are per image)")
+    parser.add_argument("--competing-jobs", type=int, default=0, metavar="N",
+                        help="run N more processes of our detect() on the same setting in a loop "
+                        "while each setting's timed runs go on (a machine shared with N other "
+                        "jobs); the notes say so (default 0)")
     parser.add_argument("--child", nargs=3, metavar=("BACKBONE", "SIZE", "IMAGE"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--loop", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.precision = list(dict.fromkeys(["exact", *args.precision]))
 
+    if args.child and args.loop:
+        return compete(args.child[0], int(args.child[1]), args.device, args.weights,
+                       args.child[2], args.batch)
     if args.child:
         result = measure(args.child[0], int(args.child[1]), args.device, args.weights,
                          args.child[2], tuple(args.precision), args.batch)
@@ -273,6 +355,8 @@ def main():
         parser.error("--repeat must be at least 1")
     if args.batch < 1:
         parser.error("--batch must be at least 1")
+    if args.competing_jobs < 0:
+        parser.error("--competing-jobs must be 0 or more")
     if peer and (len(args.precision) > 1 or args.batch > 1):
         parser.error("--matterport compares one exact image per call; drop --precision/--batch")
 
@@ -302,9 +386,8 @@ def main():
     header = (["backbone", "size", "detections", "total ms"] + [f"{s} ms" for s in STAGES]
               + ["peak MB (RSS" + (" / GPU)" if args.device.startswith("cuda") else ")")])
     notes = [f"Median of {args.repeat} runs after one warm-up, one image per call, "
-             f"device {args.device}, torch {ours['torch_threads']} threads, OMP_WAIT_POLICY "
-             f"{ours['omp_wait_policy']}. Peak RSS is the whole process's (model loading "
-             f"included)."]
+             f"device {args.device}, {thread_note(ours)}. Peak RSS is the whole process's "
+             f"(model loading included)."] + competing_note(args)
     if peer:
         header += ["Matterport TF ms", "speed-up", "Matterport TF peak MB (RSS)"]
         notes += [
@@ -357,16 +440,16 @@ def compare_precisions(args):
               + [f"{s} ms" for s in STAGES]
               + ["peak MB (RSS" + (" / GPU)" if args.device.startswith("cuda") else ")")])
     notes = [
-        f"Median of {args.repeat} calls after one warm-up, device {args.device}, torch "
-        f"{summary['torch_threads']} threads, OMP_WAIT_POLICY {summary['omp_wait_policy']}; "
-        f"each call detects {args.batch} cop{'y' if args.batch == 1 else 'ies'} of the image in "
-        "one batch, times are per image. The precisions run in one process, alternating: each "
-        "call runs every precision once, in an order swapped from call to call; speed-up = the "
-        "median over the calls of exact's time / this precision's.",
+        f"Median of {args.repeat} calls after one warm-up, device {args.device}, "
+        f"{thread_note(summary)}; each call detects {args.batch} "
+        f"cop{'y' if args.batch == 1 else 'ies'} of the image in one batch, times are per "
+        "image. The precisions run in one process, alternating: each call runs every precision "
+        "once, in an order swapped from call to call; speed-up = the median over the calls of "
+        "exact's time / this precision's.",
         "matched: exact's detections paired one to one with this precision's detections of the "
         "same class, greedily by mask IoU (pairs with IoU >= 0.5); smallest mask IoU: over the "
         "pairs. The weights are synthetic (random): their activations amplify rounding far more "
-        "than trained weights do. On a CPU tf32 is exact's arithmetic."]
+        "than trained weights do. On a CPU tf32 is exact's arithmetic."] + competing_note(args)
     publish("detect() per image by precision", args, header, rows, notes, load_before)
 
 

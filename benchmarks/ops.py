@@ -37,6 +37,7 @@ from typing import Callable, Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import mrcnn  # noqa: E402,F401  first: it sets OpenMP's thread settings before torch loads
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 

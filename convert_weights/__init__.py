@@ -8,6 +8,7 @@
 `convert_weights.reader`, registered as a package entry point.
 Command line: python -m convert_weights IN.h5 OUT.pth (see --help).
 """
+import mrcnn  # noqa: F401  first: it sets OpenMP's thread settings before torch loads
 from convert_weights.convert import convert, describe_shapes, weight_shapes
 from convert_weights.keras_h5 import read_keras_weights
 from convert_weights.reader import convert_file, load_keras_weights

@@ -1,5 +1,6 @@
 import json
 
+import mrcnn  # noqa: F401  first: it sets OpenMP's thread settings before torch loads
 import pytest
 import torch
 

@@ -225,6 +225,7 @@ def test_agreement_reports_differences(peer, verdict):
      "drop --precision/--batch"),
     (["--batch", "0"], "--batch must be at least 1"),
     (["--precision", "fp16"], "invalid choice: 'fp16'"),
+    (["--competing-jobs", "-1"], "--competing-jobs must be 0 or more"),
 ])
 def test_peer_options_are_checked_before_any_run(monkeypatch, capsys, argv, message):
     monkeypatch.delenv("MRCNN_TF_PYTHON", raising=False)
@@ -298,3 +299,143 @@ def test_worker_reports_a_child_dying_mid_run(tmp_path):
     worker = inference.Worker([sys.executable, str(script)], "the test child")
     with pytest.raises(SystemExit, match="the test child failed \\(exit 1\\):\nerror: out of"):
         worker.run()
+
+
+class FakeWorker:
+    """Stands in for benchmarks.common.Worker in time_setting: logs what is started, run,
+    checked and killed, and keeps the workers it made in `started`; `failing_run` raises on that
+    run (e.g. Ctrl-C)."""
+
+    def __init__(self, log, failing_run=None):
+        self.log, self.failing_run, self.runs, self.started = log, failing_run, 0, []
+
+    def __call__(self, command, what, env=None):
+        worker = FakeWorker(self.log, self.failing_run)
+        worker.what, worker.loop, worker.env = what, "--loop" in command, env
+        self.log.append(("start", what))
+        self.started.append(worker)
+        return worker
+
+    def run(self):
+        self.runs += 1
+        self.log.append(("run", self.what))
+        if self.runs == self.failing_run:
+            raise KeyboardInterrupt
+        return 10.0
+
+    def check_running(self):
+        self.log.append(("check", self.what))
+
+    def kill(self):
+        self.log.append(("kill", self.what))
+
+    def finish(self):
+        self.log.append(("finish", self.what))
+        return {"image_sha256": "same"}
+
+
+def setting_args(**overrides):
+    values = dict(device="cpu", batch=1, precision=["exact"], matterport="/m", repeat=2,
+                  competing_jobs=2)
+    return types.SimpleNamespace(**{**values, **overrides})
+
+
+def test_competing_jobs_run_between_the_warm_ups_and_the_end_of_the_timed_runs(monkeypatch,
+                                                                               tmp_path):
+    log = []
+    monkeypatch.setattr(inference, "Worker", FakeWorker(log))
+    monkeypatch.setattr(inference, "test_image_file", lambda size: tmp_path / "image.png")
+    monkeypatch.setattr(inference, "USERS_WAIT_POLICY", None)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    _, _, speedups = inference.time_setting("resnet50", 64, "w.h5", setting_args(), "python")
+    ours, peer = "the resnet50 64 run", "the Matterport resnet50 64 run"
+    jobs = ["competing job 1 (resnet50 64)", "competing job 2 (resnet50 64)"]
+    assert log == ([("start", ours), ("start", peer)] + [("start", job) for job in jobs]
+                   + [("run", ours), ("run", peer), ("run", peer), ("run", ours)]
+                   + [("check", job) for job in jobs] + [("kill", job) for job in jobs]
+                   + [("finish", ours), ("finish", peer)])
+    assert speedups == [1.0, 1.0]
+
+
+def test_competing_jobs_are_killed_when_a_timed_run_is_interrupted(monkeypatch, tmp_path):
+    log = []
+    monkeypatch.setattr(inference, "Worker", FakeWorker(log, failing_run=1))
+    monkeypatch.setattr(inference, "test_image_file", lambda size: tmp_path / "image.png")
+    with pytest.raises(KeyboardInterrupt):
+        inference.time_setting("resnet50", 64, "w.h5", setting_args(matterport=None), "python")
+    assert log[-3:] == [("run", "the resnet50 64 run"),
+                        ("kill", "competing job 1 (resnet50 64)"),
+                        ("kill", "competing job 2 (resnet50 64)")]
+
+
+def test_the_matterport_peer_runs_in_the_users_environment(monkeypatch, tmp_path):
+    """mrcnn's default OMP_WAIT_POLICY is ours, not TensorFlow's: the peer gets the user's."""
+    monkeypatch.setattr(inference, "test_image_file", lambda size: tmp_path / "image.png")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    for users, expected in ((None, None), ("ACTIVE", "ACTIVE")):
+        fake = FakeWorker([])
+        monkeypatch.setattr(inference, "Worker", fake)
+        monkeypatch.setattr(inference, "USERS_WAIT_POLICY", users)
+        inference.time_setting("resnet50", 64, "w.h5", setting_args(competing_jobs=1), "python")
+        ours, peer, competitor = fake.started
+        assert ours.env is None and competitor.env is None and competitor.loop
+        assert peer.env.get("OMP_WAIT_POLICY") == expected and peer.env["PATH"] == (
+            inference.os.environ["PATH"])
+
+
+def test_competing_note_says_what_ran():
+    assert inference.competing_note(setting_args(competing_jobs=0)) == []
+    note, = inference.competing_note(setting_args(competing_jobs=2, batch=1))
+    assert note.startswith("Competing load: 2 other processes ran our exact detect() of the "
+                           "same setting (1 copy of the same image")
+
+
+LOOPING_CHILD = """import time
+print('{"ready": true}', flush=True)
+while True:
+    time.sleep(0.01)
+"""
+
+
+def test_worker_kills_and_reaps_a_child_that_runs_until_stopped(tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(LOOPING_CHILD)
+    worker = inference.Worker([sys.executable, str(script)], "the looping child")
+    worker.check_running()
+    worker.kill()
+    assert worker.process.returncode == -9
+
+
+def test_worker_reports_a_child_that_stopped_running(tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text("import sys\nprint('{\"ready\": true}', flush=True)\n"
+                      "sys.exit('error: killed by the OOM killer')\n")
+    worker = inference.Worker([sys.executable, str(script)], "competing job 1")
+    worker.process.wait()
+    with pytest.raises(SystemExit, match="competing job 1 failed \\(exit 1\\):\nerror: killed"):
+        worker.check_running()
+
+
+STUB_COMPETITOR = """
+import sys, time
+sys.path.insert(0, {root!r})
+from benchmarks import inference
+
+class Model:
+    def run_batch(self, images, precision):
+        assert precision == "exact" and images == ["image"] * 2
+        time.sleep(0.01)
+
+inference.load_model = lambda *args: (Model(), ["image"] * args[-1])
+inference.compete("resnet50", 64, "cpu", "w.h5", "image.png", 2)
+"""
+
+
+def test_a_competing_job_loops_until_its_parent_goes_away(tmp_path):
+    script = tmp_path / "competitor.py"
+    script.write_text(STUB_COMPETITOR.format(root=str(Path(inference.ROOT))))
+    worker = inference.Worker([sys.executable, str(script)], "the competing job")
+    assert worker.ready == {"ready": True}
+    worker.check_running()  # still looping
+    worker.process.stdin.close()  # as when the parent dies
+    assert worker.process.wait(timeout=60) == 0

@@ -13,10 +13,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import mrcnn  # noqa: E402,F401  first: it sets OpenMP's thread settings before torch loads
+import torch  # noqa: E402
 
 from mrcnn.ops import batched_nms, crop_and_resize, nms, roi_align  # noqa: E402
 
