@@ -50,16 +50,24 @@ def conv2d(x, conv, bn=None, relu=False, residual=None):
 
     bn, a BatchNorm2d, is folded into the convolution unless it normalises with batch statistics.
     In float32 CPU inference (no autograd, no autocast) the whole expression is one oneDNN
-    convolution with the addition and the ReLU as post-ops, on weights folded and reordered for
+    primitive with the addition and the ReLU as post-ops, on weights folded and laid out for
     oneDNN once and kept until a parameter or buffer of conv or bn changes: no per-call folding
-    or weight reordering and no extra passes over the activations. It is float32 arithmetic like
-    the plain path (which serves training, CUDA and autocast), equal to it up to the summation
-    order of the kernel oneDNN picks.
+    or weight reordering and no extra passes over the activations. A convolution whose kernel
+    covers its whole channels-last input (the box head's) runs as the matrix product it is, which
+    oneDNN computes faster. It is float32 arithmetic like the plain path (which serves training,
+    CUDA and autocast), equal to it up to the summation order of the kernel oneDNN picks.
     """
     if _fuses(x, conv, bn):
+        activation = "relu" if relu else None
+        if residual is None and _is_matrix_product(x, conv):
+            weight, bias = _packed_weight_and_bias(conv, bn, x.shape, as_matrix=True)
+            # Channels last, the input's pixels flatten in the weight's (out, h, w, in) order.
+            rows = x.permute(0, 2, 3, 1).reshape(len(x), -1)
+            y = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, activation or "none",
+                                                   [], "")
+            return y[:, :, None, None]
         weight, bias = _packed_weight_and_bias(conv, bn, x.shape)
         geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
-        activation = "relu" if relu else None
         if residual is None:
             return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry,
                                                            activation or "none", [], "")
@@ -72,7 +80,7 @@ def conv2d(x, conv, bn=None, relu=False, residual=None):
 
 
 def _fuses(x, conv, bn):
-    """Whether conv2d can run as one fused oneDNN convolution (see conv2d)."""
+    """Whether conv2d can run as one fused oneDNN primitive (see conv2d)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
             and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
             and torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()
@@ -81,30 +89,47 @@ def _fuses(x, conv, bn):
             and not (bn is not None and bn.training and bn.use_batch_statistics))
 
 
+def _is_matrix_product(x, conv):
+    """Whether conv on x is one dot product per output channel over the whole channels-last
+    input: no padding, the kernel the input's size, one group."""
+    return (conv.padding == (0, 0) and conv.groups == 1
+            and tuple(conv.kernel_size) == tuple(x.shape[-2:])
+            and x.is_contiguous(memory_format=torch.channels_last))
+
+
 # conv module -> (what its packed weight was computed from, packed weight, bias).
 _PACKED = weakref.WeakKeyDictionary()
 
 
-def _packed_weight_and_bias(conv, bn, input_shape):
-    """conv's weight (bn folded in) in oneDNN's blocked layout and its bias, computed once and
-    kept (beside the module, so that copying or saving it is unaffected) while every tensor they derive from is unchanged: same storage, same
-    version counter (in-place updates such as load_state_dict and optimiser steps bump it)."""
-    sources = [conv.weight, conv.bias]
-    if bn is not None:
-        sources += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
-    key = tuple((t.data_ptr(), t._version) if t is not None else None for t in sources)
+def _packed_weight_and_bias(conv, bn, input_shape, as_matrix=False):
+    """conv's weight (bn folded in) laid out for oneDNN (blocked for its convolution or, with
+    as_matrix, [out, h * w * in] for its matrix product) and its bias, computed once and kept
+    beside the module (copying or saving it is unaffected) while every tensor they derive from
+    is unchanged: same storage, same version counter (in-place updates such as load_state_dict
+    and optimiser steps bump it)."""
+    sources = [t for t in [conv.weight, conv.bias] + ([] if bn is None else [
+        bn.weight, bn.bias, bn.running_mean, bn.running_var]) if t is not None]
+    # Tensors made in inference mode keep no version counter: their changes cannot be seen, so
+    # their weights are laid out anew on every call.
+    cacheable = not any(t.is_inference() for t in sources)
+    key = (as_matrix,) + tuple((t.data_ptr(), t._version) for t in sources) if cacheable else None
     cached = _PACKED.get(conv)
-    if cached is not None and cached[0] == key:
+    if cacheable and cached is not None and cached[0] == key:
         return cached[1], cached[2]
     if bn is None:
         weight, bias = conv.weight, conv.bias
     else:
         weight, bias = _folded_weight_and_bias(conv, bn)
-    packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-        weight.detach().contiguous().to_mkldnn(), list(conv.padding), list(conv.stride),
-        list(conv.dilation), conv.groups, list(input_shape))
+    weight = weight.detach()
+    if as_matrix:
+        packed = weight.permute(0, 2, 3, 1).reshape(len(weight), -1).contiguous()
+    else:
+        packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+            weight.contiguous().to_mkldnn(), list(conv.padding), list(conv.stride),
+            list(conv.dilation), conv.groups, list(input_shape))
     bias = None if bias is None else bias.detach().contiguous()
-    _PACKED[conv] = (key, packed, bias)
+    if cacheable:
+        _PACKED[conv] = (key, packed, bias)
     return packed, bias
 
 

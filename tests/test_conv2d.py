@@ -18,7 +18,8 @@ SHAPES = [
     (16, 32, 1, 1, 0, (2, 12, 10)),
     (16, 32, 1, 2, 0, (2, 12, 10)),
     (3, 8, 7, 2, 3, (2, 20, 18)),
-    (32, 64, 7, 1, 0, (3, 7, 7)),      # the box head's first layer: a 7x7 "fully connected" conv
+    (32, 64, 7, 1, 0, (3, 7, 7)),      # the box head's layers: "fully connected" convs, matrix
+    (64, 32, 1, 1, 0, (5, 1, 1)),      # products on channels-last inputs
     (64, 32, 3, 1, 1, (1, 24, 24)),
 ]
 
@@ -139,6 +140,33 @@ def test_packed_weights_follow_parameter_changes(change):
     with torch.inference_mode():
         fused = conv2d(x, conv, bn, relu=True)
     assert_same_float32(fused, plain(x, conv, bn, relu=True))
+
+
+def test_modules_made_in_inference_mode():
+    # Their tensors keep no version counter, so in-place changes must not meet a stale cache.
+    with torch.inference_mode():
+        conv, bn, x = make_case(11, 16, 32, 3, 1, 1, (2, 8, 8))
+        first = conv2d(x, conv, bn, relu=True)
+        conv.weight.mul_(-1)
+        second = conv2d(x, conv, bn, relu=True)
+    assert_same_float32(first, plain(x.clone(), conv_copy(conv, -1), bn_copy(bn), relu=True))
+    assert_same_float32(second, plain(x.clone(), conv_copy(conv, 1), bn_copy(bn), relu=True))
+
+
+def conv_copy(conv, sign):
+    """A normal (not inference-mode) copy of conv, its weight times sign."""
+    copy = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                     conv.padding).eval()
+    with torch.no_grad():
+        copy.weight.copy_(conv.weight.clone() * sign)
+        copy.bias.copy_(conv.bias.clone())
+    return copy
+
+
+def bn_copy(bn):
+    copy = BatchNorm2d(bn.num_features).eval()
+    copy.load_state_dict({name: value.clone() for name, value in bn.state_dict().items()})
+    return copy
 
 
 def test_training_and_autocast_take_the_plain_path():
