@@ -42,6 +42,7 @@ bench: $(STAMP)
 	TensorFlow at TF_PYTHON and Matterport's code at MATTERPORT=$(MATTERPORT); \
 	'make bench-peers' sets both up.")
 	$(PY) benchmarks/inference.py $(INFERENCE_PEER) $(INFERENCE_ARGS)
+	$(PY) benchmarks/roofline.py $(ROOFLINE_ARGS)
 
 # TensorFlow in $(TF_VENV), and Matterport's Mask_RCNN (MIT licence) at the commit that
 # benchmarks/matterport_tf.py adapts, cloned into $(MATTERPORT); neither is part of mrcnn.

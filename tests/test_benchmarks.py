@@ -439,3 +439,34 @@ def test_a_competing_job_loops_until_its_parent_goes_away(tmp_path):
     worker.check_running()  # still looping
     worker.process.stdin.close()  # as when the parent dies
     assert worker.process.wait(timeout=60) == 0
+
+
+def test_roofline_counts_every_multiply_add_once():
+    # roofline.py's stages must cover the whole network, and its MaskIoU count must be that head's.
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks import roofline
+    from mrcnn.config import CocoConfig
+    from mrcnn.detector import MaskScoringRCNN
+    from mrcnn.molding import mold_inputs
+
+    torch.manual_seed(0)
+    config = CocoConfig(BACKBONE="resnet50", NUM_CLASSES=3, CLASS_NAMES=["BG", "a", "b"],
+                        IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64,
+                        POST_NMS_ROIS_INFERENCE=20, DETECTION_MIN_CONFIDENCE=0.0,
+                        DETECTION_MAX_INSTANCES=5)
+    model = MaskScoringRCNN(config).eval()
+    with torch.no_grad():
+        model.box_head.class_logits.bias[1] = 10.0  # every proposal a class-1 detection
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    macs, maskiou_macs, rows = roofline.stage_macs(model, [image])
+    assert rows > 0
+    molded, metas, _ = mold_inputs([image], config)
+    counter = FlopCounterMode(display=False)
+    with torch.enable_grad(), counter:  # the plain ops, which flop_counter counts
+        model.infer(molded, metas)
+    assert sum(macs.values()) == pytest.approx(counter.get_total_flops() / 2e9)
+    per_row = (257 * 256 * 9 * 196 + 2 * 256 * 256 * 9 * 196 + 256 * 256 * 9 * 49
+               + 256 * 49 * 1024 + 1024 * 1024 + 1024 * 3)
+    assert maskiou_macs == pytest.approx(rows * per_row / 1e9)
