@@ -144,6 +144,29 @@ def markdown_table(header, rows):
     return "\n".join(lines)
 
 
+def add_record_options(parser):
+    """--note and --no-record, which publish() reads."""
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line to add to the notes in RESULTS.md (repeatable), e.g. what "
+                        "else loads the machine")
+    parser.add_argument("--no-record", action="store_true",
+                        help="print only; do not append to benchmarks/RESULTS.md")
+
+
+def publish(title, device, header, rows, notes, load_before, args):
+    """Prints a table and its notes, then the load average since `load_before` and the script's
+    --note lines, and unless --no-record appends them to RESULTS.md. args: the script's options
+    (note, no_record)."""
+    notes = list(notes) + [f"Load average (1 min) at the start / end: {load_before:.1f} / "
+                           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores."] + args.note
+    table = markdown_table(header, rows)
+    if args.no_record:
+        print(table)
+        print("\n".join(notes))
+    else:
+        record(title, device, table, notes)
+
+
 def record(title, device, table, notes=()):
     """Prints the table and appends it, with the machine and date, to benchmarks/RESULTS.md."""
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")

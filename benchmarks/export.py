@@ -29,7 +29,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import markdown_table, record  # noqa: E402
+from benchmarks.common import add_record_options, publish  # noqa: E402
 from benchmarks.inference import agreement, synthetic_weights, test_image_file  # noqa: E402
 
 
@@ -70,10 +70,7 @@ def main():
                         help="timed rounds (one run of each runtime) after one warm-up")
     parser.add_argument("--weights", help="a Matterport .h5 or .pth with 81 classes (default: "
                         "the synthetic reference weights)")
-    parser.add_argument("--note", action="append", default=[],
-                        help="a line to add to the notes in RESULTS.md (repeatable)")
-    parser.add_argument("--no-record", action="store_true",
-                        help="print only; do not append to benchmarks/RESULTS.md")
+    add_record_options(parser)
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -138,15 +135,9 @@ def main():
         f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider, default thread count, "
         f"no spinning). GPU: not measured (no GPU on this machine; the .pt2 would be compiled "
         f"with --device cuda and onnxruntime would need its CUDA provider).",
-        f"Load average (1 min) at the start / end: {load_before:.1f} / "
-        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
-    ] + args.note
-    table = markdown_table(header, rows)
-    if args.no_record:
-        print(table)
-        print("\n".join(notes))
-    else:
-        record("Exported models (ONNX, .pt2) against eager detect()", "cpu", table, notes)
+    ]
+    publish("Exported models (ONNX, .pt2) against eager detect()", "cpu", header, rows, notes,
+            load_before, args)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 USERS_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 
 import mrcnn  # noqa: E402,F401  first: it sets OpenMP's thread settings before torch loads
-from benchmarks.common import Worker, markdown_table, record, synchronize  # noqa: E402
+from benchmarks.common import Worker, add_record_options, publish, synchronize  # noqa: E402
 from benchmarks.matterport_tf import REFERENCE_IMAGE, image_sha256, timed_runs  # noqa: E402
 from convert_weights.synthetic import write_synthetic_weights  # noqa: E402
 from mrcnn.atomic import atomic_write  # noqa: E402
@@ -307,11 +307,7 @@ def main():
     parser.add_argument("--tensorflow-python", metavar="PATH",
                         help="a Python with TensorFlow 2, tf_keras, h5py and scikit-image that "
                         "runs benchmarks/matterport_tf.py (default: $MRCNN_TF_PYTHON)")
-    parser.add_argument("--note", action="append", default=[],
-                        help="a line to add to the notes in RESULTS.md (repeatable), e.g. what "
-                        "else loads the machine")
-    parser.add_argument("--no-record", action="store_true",
-                        help="print only; do not append to benchmarks/RESULTS.md")
+    add_record_options(parser)
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["exact"],
                         help="precisions to time (mrcnn.precision); with a fast one, exact runs "
                         "too, in alternation in the same process, and the table gives each "
@@ -409,7 +405,7 @@ def main():
     else:
         notes.append("The Matterport Keras/TensorFlow peer was not run (pass --matterport and "
                      "--tensorflow-python to add it).")
-    publish("detect() per image", args, header, rows, notes, load_before)
+    publish("detect() per image", args.device, header, rows, notes, load_before, args)
 
 
 def compare_precisions(args):
@@ -450,20 +446,8 @@ def compare_precisions(args):
         "same class, greedily by mask IoU (pairs with IoU >= 0.5); smallest mask IoU: over the "
         "pairs. The weights are synthetic (random): their activations amplify rounding far more "
         "than trained weights do. On a CPU tf32 is exact's arithmetic."] + competing_note(args)
-    publish("detect() per image by precision", args, header, rows, notes, load_before)
-
-
-def publish(title, args, header, rows, notes, load_before):
-    """Prints the table and its notes (with the load and the --note lines) and, unless
-    --no-record, appends them to RESULTS.md."""
-    notes = notes + [f"Load average (1 min) at the start / end: {load_before:.1f} / "
-                     f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores."] + args.note
-    table = markdown_table(header, rows)
-    if args.no_record:
-        print(table)
-        print("\n".join(notes))
-    else:
-        record(title, args.device, table, notes)
+    publish("detect() per image by precision", args.device, header, rows, notes, load_before,
+            args)
 
 
 if __name__ == "__main__":

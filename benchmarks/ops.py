@@ -43,8 +43,8 @@ import torch  # noqa: E402
 
 import mrcnn.ops  # noqa: E402
 from benchmarks import op_inputs  # noqa: E402
-from benchmarks.common import (Worker, is_cuda, markdown_table, median_seconds, record,  # noqa: E402
-                               synchronize)
+from benchmarks.common import (Worker, add_record_options, is_cuda, markdown_table,  # noqa: E402
+                               median_seconds, record, synchronize)
 from tests import torch_reference  # noqa: E402
 
 PEER_SCRIPT = Path(__file__).resolve().parent / "tf_ops_peer.py"
@@ -369,11 +369,7 @@ def parse_args():
                         help="Python interpreter of an environment with TensorFlow and numpy, "
                              "for the CPU peer (default: $MRCNN_TF_PYTHON; without either, the "
                              "peer columns stay empty)")
-    parser.add_argument("--note", action="append", default=[],
-                        help="a line to add to the notes in RESULTS.md (repeatable), e.g. what "
-                        "else loads the machine")
-    parser.add_argument("--no-record", action="store_true",
-                        help="print only; do not append to benchmarks/RESULTS.md")
+    add_record_options(parser)
     args = parser.parse_args()
     if min(args.repeat, args.reference_repeat) < 1 or args.warmup < 0:
         parser.error("--repeat and --reference-repeat must be >= 1 and --warmup >= 0")

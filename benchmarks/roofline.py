@@ -28,7 +28,7 @@ import mrcnn  # noqa: E402,F401  (before torch: mrcnn's thread settings)
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from benchmarks.common import markdown_table, record  # noqa: E402
+from benchmarks.common import add_record_options, publish  # noqa: E402
 from benchmarks.inference import load_model, synthetic_weights, test_image_file  # noqa: E402
 from mrcnn.layers import conv2d  # noqa: E402
 from mrcnn.molding import mold_inputs  # noqa: E402
@@ -104,10 +104,7 @@ def main():
                         choices=["resnet50", "resnet101"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[512, 1024])
     parser.add_argument("--repeat", type=int, default=3, help="timed calls after one warm-up")
-    parser.add_argument("--note", action="append", default=[],
-                        help="a line to add to the notes in RESULTS.md (repeatable)")
-    parser.add_argument("--no-record", action="store_true",
-                        help="print only; do not append to benchmarks/RESULTS.md")
+    add_record_options(parser)
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -146,15 +143,9 @@ def main():
              f"{torch.get_num_threads()} threads."] + notes + [
         f"GMAC: billions of multiply-adds (torch.utils.flop_counter on the plain path of the same "
         f"call); ms: median of {args.repeat} detect() calls after one warm-up, by stage; the "
-        f"whole call also molds, runs the detection layer and unmolds.",
-        f"Load average (1 min) at the start / end: {load_before:.1f} / "
-        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores."] + args.note
-    table = markdown_table(header, rows)
-    if args.no_record:
-        print(table)
-        print("\n".join(notes))
-    else:
-        record("detect() against the machine's convolution rate (CPU)", "cpu", table, notes)
+        f"whole call also molds, runs the detection layer and unmolds."]
+    publish("detect() against the machine's convolution rate (CPU)", "cpu", header, rows, notes,
+            load_before, args)
 
 
 if __name__ == "__main__":
