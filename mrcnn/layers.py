@@ -49,44 +49,55 @@ def conv2d(x, conv, bn=None, relu=False, residual=None):
     not given. x [B, C, H, W] -> [B, C', H', W'] (residual has the result's shape).
 
     bn, a BatchNorm2d, is folded into the convolution unless it normalises with batch statistics.
-    In float32 CPU inference (no autograd, no autocast) the whole expression is one oneDNN
-    primitive with the addition and the ReLU as post-ops, on weights folded and laid out for
-    oneDNN once and kept until a parameter or buffer of conv or bn changes: no per-call folding
-    or weight reordering and no extra passes over the activations. A convolution whose kernel
-    covers its whole channels-last input (the box head's) runs as the matrix product it is, which
-    oneDNN computes faster. It is float32 arithmetic like the plain path (which serves training,
-    CUDA and autocast), equal to it up to the summation order of the kernel oneDNN picks.
+    In CPU inference (no autograd; float32, or bfloat16 under CPU autocast) the whole expression
+    is one oneDNN primitive with the addition and the ReLU as post-ops, on weights folded and laid
+    out for oneDNN once and kept until a parameter or buffer of conv or bn changes: no per-call
+    folding, casting or weight reordering and no extra passes over the activations. A convolution
+    whose kernel covers its whole channels-last input (the box head's) runs as the matrix product
+    it is, which oneDNN computes faster. It is the plain path's arithmetic (the plain path serves
+    training and CUDA), equal to it up to the summation order of the kernel oneDNN picks; in
+    bfloat16 the addition and the ReLU also see the convolution before its rounding to bfloat16.
     """
-    if _fuses(x, conv, bn):
+    dtype = _fused_dtype(x, conv, bn)
+    if dtype is not None:
+        x = x.to(dtype)
         activation = "relu" if relu else None
         if residual is None and _is_matrix_product(x, conv):
-            weight, bias = _packed_weight_and_bias(conv, bn, x.shape, as_matrix=True)
+            weight, bias = _packed_weight_and_bias(conv, bn, x.shape, dtype, as_matrix=True)
             # Channels last, the input's pixels flatten in the weight's (out, h, w, in) order.
             rows = x.permute(0, 2, 3, 1).reshape(len(x), -1)
             y = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, activation or "none",
                                                    [], "")
             return y[:, :, None, None]
-        weight, bias = _packed_weight_and_bias(conv, bn, x.shape)
+        weight, bias = _packed_weight_and_bias(conv, bn, x.shape, dtype)
         geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
         if residual is None:
             return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry,
                                                            activation or "none", [], "")
         return torch.ops.mkldnn._convolution_pointwise.binary(
-            x, residual, weight, bias, *geometry, "add", None, activation, [], "")
+            x, residual.to(dtype), weight, bias, *geometry, "add", None, activation, [], "")
     y = conv(x) if bn is None else _conv_bn(x, conv, bn)
     if residual is not None:
         y.add_(residual)  # y is the convolution's own fresh result
     return F.relu(y, inplace=True) if relu else y
 
 
-def _fuses(x, conv, bn):
-    """Whether conv2d can run as one fused oneDNN primitive (see conv2d)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+def _fused_dtype(x, conv, bn):
+    """The dtype conv2d runs in as one fused oneDNN primitive (see conv2d), or None for the plain
+    path: float32, or bfloat16 where CPU autocast asks for it and oneDNN has it."""
+    if not (x.device.type == "cpu" and x.dim() == 4 and not torch.is_grad_enabled()
             and torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()
             and isinstance(conv.padding, tuple) and conv.padding_mode == "zeros"
             and conv.weight.device.type == "cpu" and conv.weight.dtype == torch.float32
-            and not (bn is not None and bn.training and bn.use_batch_statistics))
+            and not (bn is not None and bn.training and bn.use_batch_statistics)):
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        if (torch.get_autocast_dtype("cpu") == torch.bfloat16
+                and x.dtype in (torch.float32, torch.bfloat16)
+                and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            return torch.bfloat16
+        return None
+    return torch.float32 if x.dtype == torch.float32 else None
 
 
 def _is_matrix_product(x, conv):
@@ -97,13 +108,14 @@ def _is_matrix_product(x, conv):
             and x.is_contiguous(memory_format=torch.channels_last))
 
 
-# conv module -> (what its packed weight was computed from, packed weight, bias).
+# conv module -> {(dtype, as_matrix): (what the weight was computed from, packed weight, bias)}.
 _PACKED = weakref.WeakKeyDictionary()
 
 
-def _packed_weight_and_bias(conv, bn, input_shape, as_matrix=False):
-    """conv's weight (bn folded in) laid out for oneDNN (blocked for its convolution or, with
-    as_matrix, [out, h * w * in] for its matrix product) and its bias, computed once and kept
+def _packed_weight_and_bias(conv, bn, input_shape, dtype, as_matrix=False):
+    """conv's weight (bn folded in) in `dtype`, laid out for oneDNN (blocked for its convolution
+    or, with as_matrix, [out, h * w * in] for its matrix product), and its bias (in `dtype`,
+    which oneDNN wants), computed once and kept
     beside the module (copying or saving it is unaffected) while every tensor they derive from
     is unchanged: same storage, same version counter (in-place updates such as load_state_dict
     and optimiser steps bump it)."""
@@ -112,24 +124,24 @@ def _packed_weight_and_bias(conv, bn, input_shape, as_matrix=False):
     # Tensors made in inference mode keep no version counter: their changes cannot be seen, so
     # their weights are laid out anew on every call.
     cacheable = not any(t.is_inference() for t in sources)
-    key = (as_matrix,) + tuple((t.data_ptr(), t._version) for t in sources) if cacheable else None
-    cached = _PACKED.get(conv)
+    key = tuple((t.data_ptr(), t._version) for t in sources) if cacheable else None
+    cached = _PACKED.get(conv, {}).get((dtype, as_matrix))
     if cacheable and cached is not None and cached[0] == key:
         return cached[1], cached[2]
     if bn is None:
         weight, bias = conv.weight, conv.bias
     else:
         weight, bias = _folded_weight_and_bias(conv, bn)
-    weight = weight.detach()
+    weight = weight.detach().to(dtype)
     if as_matrix:
         packed = weight.permute(0, 2, 3, 1).reshape(len(weight), -1).contiguous()
     else:
         packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
             weight.contiguous().to_mkldnn(), list(conv.padding), list(conv.stride),
             list(conv.dilation), conv.groups, list(input_shape))
-    bias = None if bias is None else bias.detach().contiguous()
+    bias = None if bias is None else bias.detach().to(dtype).contiguous()
     if cacheable:
-        _PACKED[conv] = (key, packed, bias)
+        _PACKED.setdefault(conv, {})[dtype, as_matrix] = (key, packed, bias)
     return packed, bias
 
 

@@ -169,14 +169,49 @@ def bn_copy(bn):
     return copy
 
 
-def test_training_and_autocast_take_the_plain_path():
+def test_training_takes_the_plain_path():
     conv, bn, x = make_case(8, 16, 32, 3, 1, 1, (2, 6, 6))
     x.requires_grad_(True)
     y = conv2d(x, conv, bn, relu=True, residual=torch.ones(2, 32, 6, 6))
     y.sum().backward()
     assert x.grad is not None and conv.weight.grad is not None and bn.weight.grad is not None
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert conv2d(x.detach(), conv, bn, relu=True).dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+                    reason="oneDNN has no bfloat16 on this CPU")
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_bfloat16_autocast(shape, with_residual):
+    # Under CPU autocast the fused primitive runs in bfloat16 as autocast's convolution does.
+    conv, bn, x = make_case(12, *shape)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out_shape = conv(x).shape
+    residual = (torch.randn(out_shape, generator=torch.Generator().manual_seed(3))
+                .contiguous(memory_format=torch.channels_last) if with_residual else None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.inference_mode():
+            fused = conv2d(x, conv, bn, relu=True, residual=residual)
+        expected = plain(x, conv, bn, relu=True, residual=residual)
+    assert fused.dtype == expected.dtype == torch.bfloat16
+    exact = float64(x, conv, bn, relu=True, residual=residual)
+    scale = exact.abs().max().item()
+    # Both within bfloat16 rounding of the exact values (8 bits: 2^-8 relative, a few times over
+    # for the rounded inputs and weights).
+    for result in (fused, expected):
+        torch.testing.assert_close(result.double(), exact, rtol=0, atol=0.03 * scale)
+
+
+def test_float32_and_bfloat16_weights_are_kept_apart():
+    # A model alternating exact and bf16 calls must get each precision's own weights.
+    conv, bn, x = make_case(13, 16, 32, 3, 1, 1, (2, 8, 8))
+    with torch.inference_mode():
+        first = conv2d(x, conv, bn)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = conv2d(x, conv, bn)
+        again = conv2d(x, conv, bn)
+    assert first.dtype == again.dtype == torch.float32 and half.dtype == torch.bfloat16
+    assert torch.equal(first, again)
 
 
 def test_batch_statistics_are_not_folded():
