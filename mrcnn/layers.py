@@ -115,10 +115,10 @@ _PACKED = weakref.WeakKeyDictionary()
 def _packed_weight_and_bias(conv, bn, input_shape, dtype, as_matrix=False):
     """conv's weight (bn folded in) in `dtype`, laid out for oneDNN (blocked for its convolution
     or, with as_matrix, [out, h * w * in] for its matrix product), and its bias (in `dtype`,
-    which oneDNN wants), computed once and kept
-    beside the module (copying or saving it is unaffected) while every tensor they derive from
-    is unchanged: same storage, same version counter (in-place updates such as load_state_dict
-    and optimiser steps bump it)."""
+    which oneDNN wants). Computed once per dtype and layout and kept beside the module (copying
+    or saving it is unaffected) while every tensor they derive from is unchanged: same storage,
+    same version counter (in-place updates such as load_state_dict and optimiser steps bump it).
+    """
     sources = [t for t in [conv.weight, conv.bias] + ([] if bn is None else [
         bn.weight, bn.bias, bn.running_mean, bn.running_var]) if t is not None]
     # Tensors made in inference mode keep no version counter: their changes cannot be seen, so
