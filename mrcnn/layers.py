@@ -84,8 +84,10 @@ def conv2d(x, conv, bn=None, relu=False, residual=None):
 
 def _fused_dtype(x, conv, bn):
     """The dtype conv2d runs in as one fused oneDNN primitive (see conv2d), or None for the plain
-    path: float32, or bfloat16 where CPU autocast asks for it and oneDNN has it."""
+    path: float32, or bfloat16 where CPU autocast asks for it and oneDNN has it. Graphs being
+    traced (torch.compile, torch.export) get the plain, standard operators."""
     if not (x.device.type == "cpu" and x.dim() == 4 and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()
             and torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()
             and isinstance(conv.padding, tuple) and conv.padding_mode == "zeros"
             and conv.weight.device.type == "cpu" and conv.weight.dtype == torch.float32

@@ -245,3 +245,21 @@ def test_copies_of_a_module_are_unaffected():
         clone.weight.mul_(2)
         assert_same_float32(conv2d(x, clone, bn), plain(x, clone, bn))
         assert_same_float32(conv2d(x, conv, bn), plain(x, conv, bn))
+
+
+def test_traced_graphs_get_standard_operators():
+    # torch.export (mrcnn.export) must see aten's convolution, not oneDNN's private ops.
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, _ = make_case(14, 16, 32, 3, 1, 1, (2, 6, 6))
+
+        def forward(self, x):
+            return conv2d(x, self.conv, self.bn, relu=True)
+
+    x = torch.randn(2, 16, 6, 6)
+    with torch.no_grad():
+        program = torch.export.export(Block().eval(), (x,), strict=False)
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert not any("mkldnn" in target for target in targets)
+    assert any("conv" in target for target in targets)
