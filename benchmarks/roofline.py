@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,14 +69,11 @@ def stage_times(model, images, repeat):
     """Median seconds per stage of detect() (the fused path), and of the whole call ("total")."""
     times = defaultdict(list)
 
+    @contextmanager
     def timer(name):
-        class Timer:
-            def __enter__(self):
-                self.start = time.perf_counter()
-
-            def __exit__(self, *exc):
-                times[name].append(time.perf_counter() - self.start)
-        return Timer()
+        start = time.perf_counter()
+        yield
+        times[name].append(time.perf_counter() - start)
 
     with torch.inference_mode():
         for _ in range(repeat + 1):

@@ -1,4 +1,5 @@
 """Small building blocks shared by the network modules."""
+import functools
 import weakref
 
 import torch
@@ -96,10 +97,16 @@ def _fused_dtype(x, conv, bn):
     if torch.is_autocast_enabled("cpu"):
         if (torch.get_autocast_dtype("cpu") == torch.bfloat16
                 and x.dtype in (torch.float32, torch.bfloat16)
-                and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+                and _onednn_has_bfloat16()):
             return torch.bfloat16
         return None
     return torch.float32 if x.dtype == torch.float32 else None
+
+
+@functools.cache
+def _onednn_has_bfloat16():
+    """Whether oneDNN computes bfloat16 on this CPU (asked once, not on every convolution)."""
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def _is_matrix_product(x, conv):
